@@ -1,0 +1,168 @@
+"""One filesystem layer for local folders and ``s3://bucket/prefix`` URLs (fsspec + s3fs).
+
+The S3 endpoint (MinIO, R2, moto, ...) and credentials come from :class:`StorageOptions` or, when a field is
+unset, from the standard AWS environment variables (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), which botocore reads itself.
+
+s3fs filesystem objects are not fork-safe: call :func:`filesystem` inside the process that uses it (each
+DataLoader worker builds its own; fsspec caches instances per process id).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = [
+    "StorageOptions",
+    "filesystem",
+    "is_remote",
+    "join",
+    "exists",
+    "read_bytes",
+    "write_bytes_atomic",
+    "put_file_atomic",
+    "listdir",
+    "remove",
+]
+
+
+@dataclass
+class StorageOptions:
+    """Where and how to reach object storage. Unset fields fall back to the AWS environment variables."""
+
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: str | None = None
+    anon: bool = False
+    retries: int = 5  # botocore's retry attempts for transient errors
+
+    def s3fs_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``s3fs.S3FileSystem``."""
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        kw: dict[str, Any] = {
+            "anon": self.anon,
+            "config_kwargs": {"retries": {"max_attempts": self.retries, "mode": "standard"}},
+        }
+        if endpoint:
+            kw["client_kwargs"] = {"endpoint_url": endpoint}
+        if self.key:
+            kw["key"] = self.key
+        if self.secret:
+            kw["secret"] = self.secret
+        return kw
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_remote(url: str) -> bool:
+    """True for ``s3://`` (or any non-local fsspec protocol) URLs."""
+    return "://" in url and not url.startswith("file://")
+
+
+def filesystem(url: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``url`` and the path inside it.
+
+    >>> fs, path = filesystem("/tmp/x")  # LocalFileSystem, "/tmp/x"
+    """
+    if url.startswith("s3://"):
+        import s3fs
+
+        fs = s3fs.S3FileSystem(**(options or StorageOptions()).s3fs_kwargs())
+        return fs, url[len("s3://") :]
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    if "://" in url:
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs, path
+    return LocalFileSystem(), os.path.abspath(url)
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a local path or URL with ``/``."""
+    out = url.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+def exists(url: str, options: StorageOptions | None = None) -> bool:
+    fs, path = filesystem(url, options)
+    if not isinstance(fs, LocalFileSystem):
+        fs.invalidate_cache()
+    return fs.exists(path)
+
+
+def read_bytes(url: str, options: StorageOptions | None = None) -> bytes:
+    fs, path = filesystem(url, options)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def listdir(url: str, options: StorageOptions | None = None) -> list[str]:
+    """Base names of the files directly under ``url`` (empty if it does not exist)."""
+    fs, path = filesystem(url, options)
+    if not isinstance(fs, LocalFileSystem):
+        fs.invalidate_cache()
+    if not fs.exists(path):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
+
+def remove(url: str, options: StorageOptions | None = None) -> None:
+    fs, path = filesystem(url, options)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def put_file_atomic(local_path: str, url: str, options: StorageOptions | None = None) -> None:
+    """Publish a finished local file at ``url`` so that readers see either nothing or the whole file.
+
+    Local: copy into the destination folder under a temporary name, then ``os.replace`` (atomic on POSIX).
+    S3: a single PUT / multipart upload only becomes visible when complete, which is already atomic.
+    """
+    fs, path = filesystem(url, options)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.dirname(os.path.abspath(local_path)) == os.path.dirname(path):
+            os.replace(local_path, path)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+        os.close(fd)
+        try:
+            with open(local_path, "rb") as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    else:
+        fs.put_file(local_path, path)
+        fs.invalidate_cache()
+
+
+def write_bytes_atomic(url: str, data: bytes, options: StorageOptions | None = None) -> None:
+    """Write ``data`` to ``url`` atomically (temp name + rename locally, one PUT on S3)."""
+    fs, path = filesystem(url, options)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    else:
+        fs.pipe_file(path, data)
+        fs.invalidate_cache()
