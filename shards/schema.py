@@ -23,6 +23,10 @@ __all__ = [
     "KEY_PATTERN",
     "SAMPLE_JSON_FIELDS",
     "SAMPLERS",
+    "SIZES_FILE",
+    "SHARDINDEX_FILE",
+    "MANIFEST_FILE",
+    "CAPTIONS_FILE",
     "frame_member",
     "frame_index",
     "is_frame_member",
@@ -62,6 +66,7 @@ SAMPLE_JSON_FIELDS = (
 SIZES_FILE = "sizes.json"
 SHARDINDEX_FILE = "shardindex.json"
 MANIFEST_FILE = "manifest.json"
+CAPTIONS_FILE = "captions.json"  # extension over the design card: caption counts per sample, for caption_mode "all"
 
 _FRAME_RE = re.compile(r"^f(\d{3})\.jpg$")
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{6})\.tar$")
