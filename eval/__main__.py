@@ -1,0 +1,212 @@
+"""CLI: evaluate a scores file (or embeddings folder), optional post-hoc baselines and comparisons.
+
+    python -m eval SCORES [--val-scores V] [--bank-scores B] [--val-bank-scores VB]
+                   [--posthoc qbnorm,is,csls,nnn,dsl] [--compare OTHER ...] [--names NAME ...] --out DIR
+
+Writes ``DIR/metrics.json`` (flat keys of SCORES, plus ``test/posthoc/<method>/...`` and
+``test/compare/<name>/...`` paired tests), ``DIR/comparison.json`` (flat metrics of every system), ``DIR/report.md``,
+``DIR/hubs.json`` (top-20 hubs), ``DIR/ranks.npz`` (per-query tie counts and ranks) and PNG plots with JSON data, and prints the table. Post-hoc hyperparameters are tuned on ``--val-scores`` (with
+``--val-bank-scores`` for bank methods), never on the test scores; without them the defaults are used and the
+report says so. Post-hoc methods re-rank the t2v direction only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from eval import plots
+from eval.evaluate import Direction, EvalResult, compute
+from eval.hubness import top_hubs
+from eval.posthoc import METHODS, apply, tune
+from eval.report import comparison_table, hubness_table, retrieval_table, write_metrics_json, write_report
+from eval.scores_io import ScoreSet, load_bank, load_scores
+from eval.stats import paired_test
+
+logger = logging.getLogger(__name__)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("scores", help="scores.npz, a folder of chunk-*.npz, or an embeddings folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--val-scores", help="validation scores (tuning post-hoc hyperparameters)")
+    p.add_argument("--bank-scores", help="npz: query-bank scores [n_bank, G] against the test gallery")
+    p.add_argument("--val-bank-scores", help="npz: query-bank scores against the validation gallery")
+    p.add_argument("--posthoc", default="", help=f"comma list of {','.join(METHODS)}")
+    p.add_argument("--compare", nargs="+", default=[], help="other scores files to compare on the same queries")
+    p.add_argument("--names", nargs="+", help="names for SCORES and each --compare file")
+    p.add_argument("--ks", default="1,5,10,15", help="hubness k values")
+    p.add_argument("--prefix", default="test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"error: {msg}\n")
+
+
+def _aligned_hits(base: Direction, other: Direction, k: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-query hits of two systems on the same query ids (other reordered to base's order), or None."""
+    if base.query_ids is None or other.query_ids is None or len(base.query_ids) != len(other.query_ids):
+        return None
+    pos = {str(q): i for i, q in enumerate(other.query_ids)}
+    try:
+        order = np.array([pos[str(q)] for q in base.query_ids])
+    except KeyError:
+        return None
+    return 100.0 * base.hits(k), 100.0 * other.hits(k)[order]
+
+
+def _t2v_only(flat: dict[str, float], prefix: str) -> dict[str, float]:
+    keep = (f"{prefix}/t2v/", f"{prefix}/hub/t2v/", f"{prefix}/clip4clip/t2v/")
+    return {k: v for k, v in flat.items() if k.startswith(keep)}
+
+
+def _write_details(out: Path, res: EvalResult, n_top: int = 20) -> None:
+    """``hubs.json``: top hubs (id, N_k, GN_k) per direction and k; ``ranks.npz``: per-query (a, b, c) and
+    expected ranks per direction, keyed by query id, for later plots and paired analyses."""
+    hubs: dict[str, dict[str, list]] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for d in (res.t2v, res.v2t):
+        ids = d.gallery_ids
+        hubs[d.name] = {}
+        for k, nk in d.nk.items():
+            top = top_hubs(nk, ids, n_top)
+            pos = {str(g): i for i, g in enumerate(ids)}
+            hubs[d.name][f"k{k}"] = [[g, n, float(d.good[k][pos[g]])] for g, n in top]
+    for d in res.directions():
+        arrays[f"{d.name}_query_ids"] = np.asarray(d.query_ids).astype(str)
+        arrays[f"{d.name}_abc"] = np.stack([d.a, d.b, d.c], axis=1)
+        arrays[f"{d.name}_rank"] = d.a + 1 + d.b / (d.c + 1)
+    (out / "hubs.json").write_text(json.dumps(hubs, indent=1))
+    np.savez(out / "ranks.npz", **arrays)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
+        methods = [m.strip() for m in args.posthoc.split(",") if m.strip()]
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"--posthoc: unknown methods {bad}; choose from {sorted(METHODS)}")
+        names = args.names or [Path(args.scores).stem] + [Path(c).stem for c in args.compare]
+        if len(names) != 1 + len(args.compare):
+            raise ValueError(f"--names: {len(names)} names for {1 + len(args.compare)} score files")
+        main_ss = load_scores(args.scores)
+    except ValueError as exc:
+        _err(str(exc))
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pre = args.prefix
+    notes: list[str] = []
+
+    res = compute(main_ss, ks)
+    metrics = res.flat(pre, ci=True, seed=args.seed)
+    systems: list[tuple[str, dict[str, float], EvalResult]] = [(names[0], metrics, res)]
+    dup = int(res.t2v.b.astype(bool).sum())
+    if dup:
+        notes.append(f"{dup} t2v queries tie with their ground truth (duplicate captions/items?).")
+
+    # ---- post-hoc baselines (t2v)
+    if methods:
+        try:
+            bank = load_bank(args.bank_scores, main_ss.gallery_ids) if args.bank_scores else None
+            val = load_scores(args.val_scores) if args.val_scores else None
+            val_bank = load_bank(args.val_bank_scores, val.gallery_ids) if (val and args.val_bank_scores) else None
+        except ValueError as exc:
+            _err(str(exc))
+            return 2
+        scores = main_ss.scores
+        for m in methods:
+            spec = METHODS[m]
+            if spec.needs_bank and bank is None:
+                _err(f"--posthoc {m} needs --bank-scores")
+                return 2
+            if val is not None and (val_bank is not None or not spec.needs_bank):
+                params, _ = tune(m, val, val_bank)
+                notes.append(f"{spec.label}: {params} tuned on {args.val_scores} (val t2v R@1).")
+            else:
+                params = dict(spec.defaults)
+                notes.append(f"{spec.label}: untuned defaults {params} (no validation split given).")
+            if spec.transductive:
+                notes.append(f"{spec.label} is transductive: it uses all test queries at once.")
+            new = apply(m, scores, bank, **params).astype(np.float32)
+            ss = ScoreSet.from_arrays(new, main_ss.query_ids, main_ss.gallery_ids, gt=main_ss.gt,
+                                      relevance=main_ss.relevance, source=f"{args.scores}+{m}")
+            r = compute(ss, ks)
+            flat = _t2v_only(r.flat(pre), pre)
+            for key, v in flat.items():
+                metrics[key.replace(f"{pre}/", f"{pre}/posthoc/{m}/", 1)] = v
+            for key, v in params.items():
+                metrics[f"{pre}/posthoc/{m}/param/{key}"] = float(v)
+            hits = _aligned_hits(r.t2v, res.t2v)
+            test = paired_test(*hits, seed=args.seed)
+            metrics[f"{pre}/posthoc/{m}/t2v/dR@1"] = test["delta"]
+            metrics[f"{pre}/posthoc/{m}/t2v/dR@1_p"] = test["p_value"]
+            systems.append((f"{names[0]}+{m}", flat, r))
+
+    # ---- other systems
+    for name, path in zip(names[1:], args.compare):
+        try:
+            other = load_scores(path)
+        except ValueError as exc:
+            _err(str(exc))
+            return 2
+        r = compute(other, ks)
+        flat = r.flat(pre)
+        systems.append((name, flat, r))
+        for d in ("t2v", "v2t"):
+            hits = _aligned_hits(getattr(res, d), getattr(r, d))
+            if hits is None:
+                notes.append(f"{name}: {d} queries differ from {names[0]}'s; no paired test.")
+                continue
+            test = paired_test(*hits, seed=args.seed)
+            delta = 0.0 - test["delta"]
+            metrics[f"{pre}/compare/{name}/{d}/dR@1"] = delta
+            metrics[f"{pre}/compare/{name}/{d}/dR@1_p"] = test["p_value"]
+            notes.append(f"{name} - {names[0]} {d} R@1: {delta:+.2f} "
+                         f"(95% CI {0.0 - test['ci_hi']:+.2f}..{0.0 - test['ci_lo']:+.2f}, "
+                         f"p = {test['p_value']:.4f}).")
+
+    write_metrics_json(metrics, out / "metrics.json")
+    _write_details(out, res)
+    (out / "comparison.json").write_text(json.dumps({n: f for n, f, _ in systems}, indent=1, sort_keys=True))
+    table = comparison_table([f for _, f, _ in systems], [n for n, _, _ in systems], pre) if len(systems) > 1 \
+        else None
+
+    pngs: list[str] = []
+    if not args.no_plots:
+        for k in (15, 10):
+            if k in res.t2v.nk:
+                pngs.append(str(plots.k_occurrence_hist(
+                    res.t2v.nk[k], res.t2v.good[k], k, out / f"kocc_t2v_k{k}.png",
+                    f"{names[0]}: t2v k-occurrence of videos, k={k}")))
+        ranks = {n: r.t2v.a + 1 + r.t2v.b / (r.t2v.c + 1) for n, _, r in systems}
+        pngs.append(str(plots.rank_cdf(ranks, out / "rank_cdf_t2v.png", "t2v rank CDF")))
+        k_l = 10 if 10 in res.t2v.nk else max(res.t2v.nk, default=None)
+        if k_l is not None:
+            pngs.append(str(plots.lorenz({n: r.t2v.nk[k_l] for n, _, r in systems if k_l in r.t2v.nk},
+                                         out / f"lorenz_t2v_k{k_l}.png", f"Lorenz curve of N_{k_l} (t2v)")))
+    write_report(out, metrics, pre, comparison=table, notes=notes, plots=pngs)
+
+    lines = [retrieval_table(metrics, pre), "", hubness_table(metrics, pre)]
+    if table:
+        lines += ["", table]
+    lines += [f"- {n}" for n in notes] + [f"wrote {out / 'metrics.json'} and {out / 'report.md'}"]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

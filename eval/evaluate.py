@@ -1,0 +1,281 @@
+"""All metrics of a score set in two streaming passes over row chunks: ``evaluate`` (flat keys) and ``compute``.
+
+Memory beyond one row chunk is O((Q + G) * k_max) plus the tie-candidate lists:
+
+* pass 1 (per row block [R, G]): t2v (a, b, c) counts and top-k candidates (rows are complete in a block, so t2v
+  k-occurrences are final per block); the best relevant score m_j of every video column; a running column top-k_max
+  (for the v2t thresholds); column sums (t2v centrality) and row means (v2t centrality); for multi-caption ``gt``
+  data the caption-group max matrix [G, G] (CLIP4Clip v2t convention).
+* pass 2: v2t (a, b, c) counts against m_j, and the v2t candidates (entries >= the column's k_max-th value), from
+  which the fractional v2t k-occurrences of the texts follow.
+
+v2t is retrieval on S^T with the relevance transposed: a video query j succeeds with its best relevant caption,
+ranked among *all* captions (CE convention, key ``v2t``); for multi-caption data the CLIP4Clip group-max
+convention (videos ranked by the max over each video's captions) is reported as ``v2t_groupmax``. Their optimistic
+and pessimistic R@1 must agree (checked).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eval.hubness import HUB_KS, boundary_weights, candidates, check_total, hubness_stats, top_values
+from eval.retrieval import RECALL_KS, clip4clip_from_counts, expected_hits, retrieval_metrics, tie_counts
+from eval.scores_io import ScoreSet
+
+logger = logging.getLogger(__name__)
+
+GROUP_MAX_LIMIT = 1 << 26  # largest [G, G] group-max matrix we build (elements)
+
+
+@dataclass
+class Direction:
+    """Per-query tie counts and per-gallery-item occurrences of one retrieval direction."""
+
+    name: str
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+    n_hub_queries: int
+    nk: dict[int, np.ndarray] = field(default_factory=dict)
+    good: dict[int, np.ndarray] = field(default_factory=dict)
+    centrality: np.ndarray | None = None
+    gallery_ids: np.ndarray | None = None
+    query_ids: np.ndarray | None = None
+
+    def retrieval(self, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+        return retrieval_metrics(self.a, self.b, self.c, ks)
+
+    def hits(self, k: int) -> np.ndarray:
+        """Per-query expected hit [Q] at k (0..1)."""
+        return expected_hits(self.a, self.b, self.c, k)
+
+    def hubness(self, k: int) -> dict[str, float]:
+        return hubness_stats(self.nk[k], k, self.n_hub_queries, good=self.good.get(k), centrality=self.centrality)
+
+
+@dataclass
+class EvalResult:
+    """Everything ``compute`` found; ``flat`` turns it into metric keys."""
+
+    t2v: Direction
+    v2t: Direction
+    v2t_groupmax: Direction | None
+    clip4clip: dict[str, dict[str, float]]
+    n_queries: int
+    n_gallery: int
+
+    def directions(self) -> list[Direction]:
+        return [d for d in (self.t2v, self.v2t, self.v2t_groupmax) if d is not None]
+
+    def flat(self, prefix: str = "test", recall_ks: Sequence[int] = RECALL_KS, ci: bool = False,
+             seed: int = 0) -> dict[str, float]:
+        out: dict[str, float] = {f"{prefix}/n_queries": float(self.n_queries),
+                                 f"{prefix}/n_gallery": float(self.n_gallery)}
+        for d in self.directions():
+            for key, v in d.retrieval(recall_ks).items():
+                out[f"{prefix}/{d.name}/{key}"] = v
+            if ci:
+                from eval.stats import bootstrap_ci
+
+                for k in (1, 5, 10):
+                    lo, hi = bootstrap_ci(100.0 * d.hits(k), seed=seed)
+                    out[f"{prefix}/{d.name}/R@{k}_ci_lo"], out[f"{prefix}/{d.name}/R@{k}_ci_hi"] = lo, hi
+        t, v = out.get(f"{prefix}/t2v/R@1"), out.get(f"{prefix}/v2t/R@1")
+        if t is not None and v is not None:
+            out[f"{prefix}/mean_R@1"] = 0.5 * (t + v)
+        for name, metrics in self.clip4clip.items():
+            for key, v in metrics.items():
+                out[f"{prefix}/clip4clip/{name}/{key}"] = v
+        for d in (self.t2v, self.v2t):
+            for k in sorted(d.nk):
+                for key, v in d.hubness(k).items():
+                    out[f"{prefix}/hub/{d.name}/k{k}/{key}"] = v
+        return out
+
+
+def evaluate(
+    scores: ScoreSet,
+    ks: Sequence[int] = HUB_KS,
+    prefix: str = "test",
+    recall_ks: Sequence[int] = RECALL_KS,
+    ci: bool = False,
+) -> dict[str, float]:
+    """Tie-aware retrieval metrics (t2v, v2t), CLIP4Clip-compatible numbers and hubness at each k, as flat keys.
+
+    Keys look like ``test/t2v/R@1``, ``test/t2v/R@1_opt``, ``test/v2t/MdR``, ``test/clip4clip/t2v/R@1``,
+    ``test/hub/t2v/k10/skew``; with ``ci`` also ``test/t2v/R@1_ci_lo``/``_ci_hi`` (95 % bootstrap over queries).
+    """
+    return compute(scores, ks).flat(prefix, recall_ks, ci=ci)
+
+
+def _valid_ks(ks: Sequence[int], n: int, what: str) -> list[int]:
+    good = sorted({int(k) for k in ks if 1 <= int(k) <= n})
+    dropped = sorted(set(int(k) for k in ks) - set(good))
+    if dropped:
+        logger.warning("hubness k=%s skipped for %s: larger than the %d gallery items", dropped, what, n)
+    return good
+
+
+def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
+    """Run both passes over ``ss.chunks()`` and return per-query counts and per-item occurrences."""
+    n_q, n_g = ss.shape
+    gt = ss.gt
+    ks_t = _valid_ks(ks, n_g, "t2v")
+    ks_v = _valid_ks(ks, n_q, "v2t")
+    kmax_t, kmax_v = (max(ks_t) if ks_t else 0), (max(ks_v) if ks_v else 0)
+
+    a_t = np.zeros(n_q, np.int64)
+    b_t = np.zeros(n_q, np.int64)
+    c_t = np.zeros(n_q, np.int64)
+    nk_t = {k: np.zeros(n_g) for k in ks_t}
+    good_t = {k: np.zeros(n_g) for k in ks_t}
+    col_sum = np.zeros(n_g)
+    row_mean = np.zeros(n_q)
+    m_col = np.full(n_g, -np.inf, np.float32)
+    s_gt = np.zeros(n_q, np.float32) if gt is not None else None
+    col_top = np.full((kmax_v, n_g), -np.inf, np.float32) if kmax_v else None
+    multi_caption = gt is not None and np.bincount(gt, minlength=n_g).max() > 1
+    gmax = None
+    if multi_caption:
+        if n_g * n_g <= GROUP_MAX_LIMIT:
+            gmax = np.full((n_g, n_g), -np.inf, np.float32)
+        else:
+            logger.warning("group-max v2t skipped: %d x %d group matrix too large", n_g, n_g)
+
+    # ---------------------------------------------------------------- pass 1
+    for ch in ss.chunks():
+        s, r0, r1 = ch.scores, ch.start, ch.stop
+        rows = np.arange(r1 - r0)
+        if gt is not None:
+            g_c = gt[r0:r1]
+            a, b, c = tie_counts(s, gt=g_c)
+            s_gt[r0:r1] = s[rows, g_c]
+            np.maximum.at(m_col, g_c, s_gt[r0:r1])
+            if gmax is not None:
+                _group_max_into(gmax, s, g_c)
+        else:
+            rel = ch.relevance
+            a, b, c = tie_counts(s, relevance=rel)
+            np.maximum(m_col, np.where(rel, s, -np.inf).max(axis=0), out=m_col)
+        a_t[r0:r1], b_t[r0:r1], c_t[r0:r1] = a, b, c
+        if kmax_t:
+            tv = top_values(s, kmax_t)
+            cq, cg, cv = candidates(s, tv[:, kmax_t - 1])
+            is_rel = (g_c[cq] == cg) if gt is not None else ch.relevance[cq, cg]
+            for k in ks_t:
+                w = boundary_weights(cq, cv, tv[:, k - 1], k)
+                nk_t[k] += np.bincount(cg, weights=w, minlength=n_g)
+                good_t[k] += np.bincount(cg[is_rel], weights=w[is_rel], minlength=n_g)
+        col_sum += s.sum(axis=0, dtype=np.float64)
+        row_mean[r0:r1] = s.mean(axis=1, dtype=np.float64)
+        if kmax_v:
+            col_top = _merge_col_top(col_top, s, kmax_v)
+
+    t2v = Direction("t2v", a_t, b_t, c_t, n_q, nk_t, good_t, col_sum / n_q, ss.gallery_ids, ss.query_ids)
+    for k in ks_t:
+        check_total(nk_t[k], k, n_q)
+
+    # ---------------------------------------------------------------- pass 2 (v2t)
+    has_rel = np.isfinite(m_col)
+    m2 = np.where(has_rel, m_col, np.inf).astype(np.float32)
+    a_v = np.zeros(n_g, np.int64)
+    eq_v = np.zeros(n_g, np.int64)
+    b_v = np.zeros(n_g, np.int64)
+    c_v = np.zeros(n_g, np.int64)
+    th = -np.sort(-col_top, axis=0) if kmax_v else None  # [kmax_v, G], descending
+    cand_rows, cand_cols, cand_vals, cand_rel = [], [], [], []
+    for ch in ss.chunks():
+        s, r0, r1 = ch.scores, ch.start, ch.stop
+        above, tied = s > m2, s == m2
+        if gt is not None:
+            a_v += above.sum(axis=0)
+            eq_v += tied.sum(axis=0)
+        else:
+            rel = ch.relevance
+            a_v += (above & ~rel).sum(axis=0)
+            b_v += (tied & ~rel).sum(axis=0)
+            c_v += (tied & rel).sum(axis=0)
+        if kmax_v:
+            rr, cc = np.nonzero(s >= th[kmax_v - 1])
+            cand_rows.append(rr + r0)
+            cand_cols.append(cc)
+            cand_vals.append(s[rr, cc])
+            cand_rel.append((gt[rr + r0] == cc) if gt is not None else ch.relevance[rr, cc])
+    if gt is not None:
+        c_v = np.bincount(gt, weights=(s_gt == m_col[gt]), minlength=n_g).astype(np.int64)
+        b_v = eq_v - c_v
+    nk_v: dict[int, np.ndarray] = {}
+    good_v: dict[int, np.ndarray] = {}
+    if kmax_v:
+        rows_c = np.concatenate(cand_rows)
+        cols_c = np.concatenate(cand_cols)
+        vals_c = np.concatenate(cand_vals)
+        rel_c = np.concatenate(cand_rel)
+        for k in ks_v:
+            w = boundary_weights(cols_c, vals_c, th[k - 1], k)
+            nk_v[k] = np.bincount(rows_c, weights=w, minlength=n_q)
+            good_v[k] = np.bincount(rows_c[rel_c], weights=w[rel_c], minlength=n_q)
+            check_total(nk_v[k], k, n_g)
+    if not has_rel.all():
+        logger.info("v2t: %d of %d videos have no relevant text and are not v2t queries", (~has_rel).sum(), n_g)
+    v2t = Direction("v2t", a_v[has_rel], b_v[has_rel], c_v[has_rel], n_g, nk_v, good_v, row_mean, ss.query_ids,
+                    ss.gallery_ids[has_rel])
+
+    # ---------------------------------------------------------------- CLIP4Clip conventions
+    c4c: dict[str, dict[str, float]] = {}
+    v2t_gm = None
+    if gt is not None:
+        c4c["t2v"] = clip4clip_from_counts(a_t, b_t + 1)
+        if gmax is not None:
+            nonempty = np.flatnonzero(np.bincount(gt, minlength=n_g) > 0)
+            m = gmax[np.ix_(nonempty, nonempty)].T  # rows: video queries, cols: caption groups
+            ga, gb, gc = tie_counts(m, gt=np.arange(len(nonempty)))
+            v2t_gm = Direction("v2t_groupmax", ga, gb, gc, len(nonempty), query_ids=ss.gallery_ids[nonempty])
+            _check_r1_agree(v2t, v2t_gm)
+            c4c["v2t"] = clip4clip_from_counts(ga, gb + 1)
+        else:
+            c4c["v2t"] = clip4clip_from_counts(v2t.a, v2t.b + v2t.c)
+    return EvalResult(t2v, v2t, v2t_gm, c4c, n_q, n_g)
+
+
+def _group_max_into(gmax: np.ndarray, s: np.ndarray, groups: np.ndarray) -> None:
+    """gmax[g, :] = max(gmax[g, :], max of the rows of s in group g), in place."""
+    order = np.argsort(groups, kind="stable")
+    gs = groups[order]
+    starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+    red = np.maximum.reduceat(s[order], starts, axis=0)
+    idx = gs[starts]
+    gmax[idx] = np.maximum(gmax[idx], red)
+
+
+def _merge_col_top(col_top: np.ndarray, s: np.ndarray, kmax: int) -> np.ndarray:
+    """Running per-column top-kmax values [kmax, G] (unsorted) after seeing the rows of s [R, G]."""
+    thr = col_top.min(axis=0)
+    hit = (s > thr).any(axis=0)
+    n_hit = int(hit.sum())
+    if n_hit == 0:
+        return col_top
+    if n_hit * 4 >= col_top.shape[1]:
+        stack = np.concatenate([col_top, s], axis=0)
+        n = stack.shape[0]
+        return np.partition(stack, n - kmax, axis=0)[n - kmax :]
+    cols = np.flatnonzero(hit)
+    sub = np.concatenate([col_top[:, cols], s[:, cols]], axis=0)
+    n = sub.shape[0]
+    out = col_top.copy()
+    out[:, cols] = np.partition(sub, n - kmax, axis=0)[n - kmax :]
+    return out
+
+
+def _check_r1_agree(ce: Direction, gm: Direction) -> None:
+    if len(ce.a) != len(gm.a):
+        return
+    for key in ("R@1_opt", "R@1_pess"):
+        x, y = ce.retrieval((1,))[key], gm.retrieval((1,))[key]
+        if not np.isclose(x, y):
+            raise AssertionError(f"v2t {key} differs between caption-level ({x}) and group-max ({y}) conventions")
