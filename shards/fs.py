@@ -158,6 +158,7 @@ def write_bytes_atomic(url: str, data: bytes, options: StorageOptions | None = N
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -130,6 +130,7 @@ class ShardWriter:
             return self.stats
         self._tar.close()
         self._file.close()
+        os.chmod(self._tmp_path, 0o644)  # mkstemp creates 0600; published shards are readable by the group/others
         size = os.path.getsize(self._tmp_path)
         try:
             sfs.put_file_atomic(self._tmp_path, self.url, self.storage)
