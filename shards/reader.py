@@ -1,0 +1,725 @@
+"""The streaming reader: shards (local or ``s3://``) -> training/eval batches, deterministic and resumable.
+
+How it runs. :func:`build_loader` reads the split's ``sizes.json`` (and ``captions.json`` for
+``caption_mode="all"``) once, and for each epoch computes the pure plan (:mod:`shards.plan`). Each DataLoader
+worker executes its slot of the plan: it opens the slot's shards in order, walks the tar headers, reads the bytes
+only of the samples it still has to deliver (others are skipped by seeking, never decoded; shards with nothing left
+are not opened), reorders the raw samples into the plan's shuffle-buffer order, and only then decodes, transforms,
+tokenises and collates whole batches. The DataLoader collects batches from its workers round robin, which is the
+plan's per-rank order, so the batch sequence does not depend on worker timing.
+
+Resume. The state is ``{epoch, batches delivered by this rank}`` (plus the layout it is valid for). Batches of a
+rank alternate between workers, so the count fixes how many batches each worker delivered; a restored loader
+rotates the worker roles so that DataLoader worker 0 plays the worker that owns the next batch, and every worker
+skips exactly its delivered units before any decoding.
+
+Corrupt data. Under ``on_error="skip"`` a missing shard, a truncated tar, a sample without ``txt`` or frames, a
+corrupt JPEG or JSON is counted (see :meth:`ShardLoader.stats`) and logged at a limited rate; its batch row is
+filled with the worker's previous good sample marked ``is_pad`` (a blank row when there is none), so every rank
+still delivers exactly ``len(loader)`` batches and DDP cannot hang. Under ``"raise"`` the first problem stops the
+epoch with a :class:`shards.errors.ShardDataError` naming the shard URL and the sample key.
+
+NEVER pass this loader (or its DataLoader) through ``accelerator.prepare``: for an IterableDataset accelerate
+either dispatches batches from rank 0 (``dispatch_batches=True``) or wraps it in ``IterableDatasetShard``, which
+splits the stream across ranks a second time; with our plan, which already gives each rank its own units, data would
+be silently dropped or read world_size times (pipeline-notes §0.4, accelerate#3547/#4075). Prepare only the model,
+optimizer and scheduler, move batches to ``accelerator.device`` yourself, and register this loader with
+``accelerator.register_for_checkpointing(loader)`` for mid-epoch resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from shards import fs as sfs
+from shards.errors import ERROR_KINDS, ErrorCounter, ShardDataError
+from shards.plan import CAPTION_MODES, EpochPlan, Unit, make_plan, mix_seed, worker_batches_consumed
+from shards.s3 import DEFAULT_BLOCK_SIZE, open_shard, register_gopen, retry_count
+from shards.schema import CAPTIONS_FILE, SIZES_FILE, is_frame_member, stats_name
+from shards.transforms import (
+    Tokenizer,
+    collate,
+    decode_jpeg,
+    default_tokenizer,
+    frames_to_tensor,
+    parse_meta,
+    sample_augment,
+    select_frames,
+    tokenize,
+)
+
+__all__ = [
+    "LoaderConfig",
+    "ShardLoader",
+    "build_loader",
+    "iter_tar_samples",
+    "resolve_shards",
+    "STATE_VERSION",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_ERRORS_KEY = "__errors__"
+
+
+@dataclass
+class LoaderConfig:
+    """Everything the reader needs. Either ``root`` + ``split`` or an explicit ``urls`` list."""
+
+    root: str | None = None  # dataset root (local folder or s3://bucket/prefix); shards in {root}/{split}/
+    split: str = "train"  # split folder and shard-name prefix
+    urls: list[str] | None = None  # explicit shard URLs instead of root+split (sizes.json next to them)
+    batch_size: int = 32  # per rank
+    num_workers: int = 2  # DataLoader workers per rank (0 = read in the main process)
+    num_frames: int = 12  # T: frames per clip (fewer in the shard -> zero padding + frame_mask 0)
+    max_words: int = 32  # L: text length incl. SOT and EOT
+    frame_size: int | tuple[int, int] = 224  # output H, W (an int means square)
+    # "float" (x/255, normalised with CLIP mean/std if normalize) or "uint8". For GPU training prefer "uint8" and
+    # normalise on the device: float batches are 4x the bytes written into fresh shared memory per clip.
+    output: str = "float"
+    normalize: bool = True  # CLIP mean/std normalisation of float output
+    augment: bool = False  # random crop/flip/colour, same ops for every frame of a clip, seeded
+    caption_mode: str = "random"  # random: one per video per epoch | all: every caption once | first: primary
+    shuffle: bool = True  # shard-order permutation per epoch + shuffle buffer (eval: False)
+    shuffle_buffer: int = 256  # units held (undecoded) by each worker's shuffle buffer
+    seed: int = 0
+    drop_last: bool = False  # True: drop the tail instead of padding (never uneven across ranks either way)
+    on_error: str = "skip"  # "skip" (count, log, fill the row) | "raise"
+    storage: sfs.StorageOptions | None = None  # S3 endpoint/credentials (defaults: AWS env vars)
+    cache_dir: str | None = None  # download S3 shards whole into this folder, then read locally
+    retries: int = 5  # retries per S3 range read on transient errors
+    read_block_size: int = DEFAULT_BLOCK_SIZE  # bytes per S3 range request
+    prefetch_factor: int = 2  # batches prefetched per worker
+    pin_memory: bool = False
+    mp_context: str | None = None  # DataLoader multiprocessing context (None = platform default)
+
+    def frame_hw(self) -> tuple[int, int]:
+        if isinstance(self.frame_size, int):
+            return (self.frame_size, self.frame_size)
+        h, w = self.frame_size
+        return (int(h), int(w))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        if not self.urls and not self.root:
+            raise ValueError("LoaderConfig needs root (+ split) or urls")
+        if self.caption_mode not in CAPTION_MODES:
+            raise ValueError(f"caption_mode must be one of {CAPTION_MODES}, got {self.caption_mode!r}")
+        if self.output not in ("uint8", "float"):
+            raise ValueError(f"output must be 'uint8' or 'float', got {self.output!r}")
+        if self.on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
+        for name in ("batch_size", "num_frames", "read_block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_words < 2:
+            raise ValueError(f"max_words must be >= 2, got {self.max_words}")
+        if self.num_workers < 0 or self.shuffle_buffer < 0 or self.retries < 0:
+            raise ValueError("num_workers, shuffle_buffer and retries must be >= 0")
+        if min(self.frame_hw()) < 1:
+            raise ValueError(f"frame_size must be positive, got {self.frame_size}")
+
+
+# -- shard list -------------------------------------------------------------------------------------------------
+
+
+def _read_json(url: str, storage: sfs.StorageOptions | None) -> Any:
+    try:
+        return json.loads(sfs.read_bytes(url, storage).decode("utf-8"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"index file not found: {url}") from e
+    except ValueError as e:
+        raise ValueError(f"{url} is not valid JSON: {e}") from e
+
+
+def resolve_shards(cfg: LoaderConfig) -> tuple[list[str], list[int], list[list[int]] | None]:
+    """``(shard URLs, samples per shard, captions per sample per shard or None)`` from the split's index files.
+
+    Caption counts come from ``captions.json`` or, when it is absent, from each shard's ``stats.json``; they are
+    required only for ``caption_mode="all"``.
+    """
+    if cfg.urls:
+        urls = list(cfg.urls)
+    else:
+        split_url = sfs.join(cfg.root or "", cfg.split)
+        sizes = _read_json(sfs.join(split_url, SIZES_FILE), cfg.storage)
+        if not isinstance(sizes, dict) or not sizes:
+            raise ValueError(
+                f"{sfs.join(split_url, SIZES_FILE)} must be a non-empty object of shard -> count"
+            )
+        urls = [sfs.join(split_url, name) for name in sorted(sizes)]
+    folders: dict[str, tuple[dict, dict | None]] = {}
+    sizes_out: list[int] = []
+    caps_out: list[list[int]] | None = [] if cfg.caption_mode == "all" else None
+    for url in urls:
+        if url.startswith("pipe:"):
+            raise ValueError(f"pipe: URLs are not accepted: {url!r}")
+        folder, name = url.rsplit("/", 1) if "/" in url else (".", url)
+        if folder not in folders:
+            sizes = _read_json(sfs.join(folder, SIZES_FILE), cfg.storage)
+            captions = None
+            if caps_out is not None and sfs.exists(sfs.join(folder, CAPTIONS_FILE), cfg.storage):
+                captions = _read_json(sfs.join(folder, CAPTIONS_FILE), cfg.storage)
+            folders[folder] = (sizes, captions)
+        sizes, captions = folders[folder]
+        if name not in sizes:
+            raise ValueError(f"shard {url} is not listed in {sfs.join(folder, SIZES_FILE)}")
+        n = int(sizes[name])
+        sizes_out.append(n)
+        if caps_out is not None:
+            if captions is not None and name in captions:
+                counts = [int(c) for c in captions[name]]
+            else:
+                stem = name[: -len(".tar")]
+                split, idx = stem.rsplit("-", 1)
+                stats_url = sfs.join(folder, stats_name(split, int(idx)))
+                counts = [int(c) for c in _read_json(stats_url, cfg.storage).get("captions", [])]
+            if len(counts) != n:
+                raise ValueError(f"{url}: {n} samples in sizes.json but {len(counts)} caption counts")
+            caps_out.append(counts)
+    return urls, sizes_out, caps_out
+
+
+# -- tar reading ----------------------------------------------------------------------------------------------
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """webdataset's rule: key = path up to the first dot of the basename, extension = the rest, lower-cased."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+_BLOCK = 512
+
+
+def _header_fields(block: bytes) -> tuple[str, int, bytes]:
+    """``(name, size, typeflag)`` of a USTAR/GNU tar header block; ``tarfile.ReadError`` if it is damaged."""
+    stored = block[148:156].split(b"\0", 1)[0].strip()
+    try:
+        checksum = int(stored or b"0", 8)
+        size_field = block[124:136]
+        if size_field[0] & 0x80:  # GNU base-256 size
+            size = int.from_bytes(size_field[1:], "big")
+        else:
+            size = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError as e:
+        raise tarfile.ReadError(f"bad tar header: {e}") from None
+    if checksum != sum(block) - sum(block[148:156]) + 8 * 32:
+        raise tarfile.ReadError("tar header checksum mismatch")
+    name = block[0:100].split(b"\0", 1)[0]
+    if block[257:262] == b"ustar":
+        prefix = block[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return name.decode("utf-8", "surrogateescape"), size, block[156:157]
+
+
+def _iter_tar_members(f) -> Iterator[tuple[str, int, Callable[[], bytes]]]:
+    """Yield ``(name, size, read)`` for each regular file of a tar stream; ``read()`` returns the data, and data
+    not read is skipped (by seeking when the stream is seekable). GNU long names and pax ``path`` are honoured.
+
+    Raises ``tarfile.ReadError`` for a damaged header or data cut short; a stream ending on a member boundary
+    without the two zero blocks simply ends (callers compare sample counts with ``sizes.json``).
+    """
+    seekable = f.seekable()
+    pos = f.tell() if seekable else 0
+    long_name: str | None = None
+    while True:
+        block = f.read(_BLOCK)
+        if len(block) == 0:
+            return
+        if len(block) < _BLOCK:
+            raise tarfile.ReadError("unexpected end of data (truncated header)")
+        if block == b"\0" * _BLOCK:
+            return
+        name, size, kind = _header_fields(block)
+        data_start = pos + _BLOCK
+        padded = (size + _BLOCK - 1) // _BLOCK * _BLOCK
+        state = {"read": False}
+
+        def read(size: int = size, name: str = name, state: dict = state) -> bytes:
+            data = f.read(size)
+            if len(data) != size:
+                raise tarfile.ReadError(f"unexpected end of data in {name!r}")
+            state["read"] = True
+            return data
+
+        if kind in (b"L", b"x"):  # GNU long name / pax extended header for the next member
+            data = read()
+            if kind == b"L":
+                long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            else:
+                for rec in data.decode("utf-8", "surrogateescape").splitlines():
+                    _, _, kv = rec.partition(" ")
+                    if kv.startswith("path="):
+                        long_name = kv[len("path=") :]
+        elif kind in (b"0", b"\0", b"7"):
+            yield (long_name or name), size, read
+            long_name = None
+        else:
+            long_name = None
+        next_pos = data_start + padded
+        if seekable:
+            f.seek(next_pos)
+        else:
+            remaining = padded - (size if state["read"] else 0)
+            while remaining > 0:
+                chunk = f.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise tarfile.ReadError(f"unexpected end of data in {name!r}")
+                remaining -= len(chunk)
+        pos = next_pos
+
+
+def iter_tar_samples(
+    fileobj, wanted: Callable[[int], bool], last_wanted: int | None = None
+) -> Iterator[tuple[int, str, dict[str, bytes] | None]]:
+    """Yield ``(ordinal, key, members)`` for each sample of a tar, grouping contiguous members by key.
+
+    ``members`` maps extension to bytes for samples where ``wanted(ordinal)`` holds, and is ``None`` for the
+    others, whose data is never read (seekable inputs jump over it). Stops after sample ``last_wanted``.
+    ``tarfile.ReadError`` propagates for a damaged or truncated tar. Keys follow webdataset: the member path up
+    to the first dot of its basename; members named ``__*__`` are ignored.
+    """
+    ordinal, key, members, want = -1, None, {}, False
+    for name, _size, read in _iter_tar_members(fileobj):
+        k, ext = _split_name(name)
+        if k.rpartition("/")[2].startswith("__"):
+            continue
+        if k != key:
+            if key is not None:
+                yield ordinal, key, (members if want else None)
+                if last_wanted is not None and ordinal >= last_wanted:
+                    return
+            ordinal, key, members = ordinal + 1, k, {}
+            want = wanted(ordinal)
+        if want and ext not in members:
+            members[ext] = read()
+    if key is not None:
+        yield ordinal, key, (members if want else None)
+
+
+# -- one worker's slot ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Raw:
+    url: str
+    key: str
+    members: dict[str, bytes]
+
+
+@dataclass
+class _Failed:
+    kind: str
+
+
+class _SlotReader:
+    """Executes slot ``(rank, worker)`` of an epoch plan from batch ``first_batch`` of that worker on."""
+
+    def __init__(
+        self,
+        cfg: LoaderConfig,
+        plan: EpochPlan,
+        urls: list[str],
+        tokenizer: Tokenizer,
+        rank: int,
+        worker: int,
+        first_batch: int,
+    ) -> None:
+        self.cfg, self.plan, self.urls, self.tokenizer = cfg, plan, urls, tokenizer
+        self.rank, self.worker, self.first_batch = rank, worker, first_batch
+        self.errors = ErrorCounter(log, cfg.on_error)
+        self.replaced = 0
+        self._retries_seen = retry_count()
+
+    # raw stream in read order -------------------------------------------------------------------------------
+    def _reads(self, units: list[Unit], needed: set[int]) -> list[tuple[int, dict[int, list[int]]]]:
+        """Group the slot's units into shard reads: ``[(shard, {sample ordinal: [unit idx, ...]})]``."""
+        reads: list[tuple[int, dict[int, list[int]]]] = []
+        prev_shard, prev_sample = None, -1
+        for i, u in enumerate(units):
+            if prev_shard != u.shard or u.sample < prev_sample:
+                reads.append((u.shard, {}))
+            prev_shard, prev_sample = u.shard, u.sample
+            if i in needed:
+                reads[-1][1].setdefault(u.sample, []).append(i)
+        return [r for r in reads if r[1]]
+
+    def _raw_stream(self, units: list[Unit], needed: set[int]) -> Iterator[tuple[int, _Raw | _Failed]]:
+        cfg = self.cfg
+        for shard, by_sample in self._reads(units, needed):
+            url = self.urls[shard]
+            seen: set[int] = set()
+            fail_kind = "truncated_tar"
+            try:
+                with open_shard(
+                    url,
+                    cfg.storage,
+                    retries=cfg.retries,
+                    cache_dir=cfg.cache_dir,
+                    block_size=cfg.read_block_size,
+                ) as f:
+                    for ordinal, key, members in iter_tar_samples(f, by_sample.__contains__, max(by_sample)):
+                        if members is None:
+                            continue
+                        seen.add(ordinal)
+                        item: _Raw | _Failed = _Raw(url, key, members)
+                        if "txt" not in members or not any(is_frame_member(m) for m in members):
+                            have = ", ".join(sorted(members))
+                            self.errors.report(
+                                "missing_members", url, key, f"needs txt and fNNN.jpg, has [{have}]"
+                            )
+                            item = _Failed("missing_members")
+                        for idx in by_sample[ordinal]:
+                            yield idx, item
+                missing = sorted(set(by_sample) - seen)
+                if missing:
+                    self.errors.report(
+                        "truncated_tar",
+                        url,
+                        None,
+                        f"tar ended before sample #{missing[0]} ({len(missing)} missing)",
+                    )
+            except ShardDataError:
+                raise
+            except FileNotFoundError as e:
+                fail_kind = "missing_shard"
+                self.errors.report("missing_shard", url, None, str(e))
+            except (tarfile.ReadError, EOFError) as e:
+                self.errors.report("truncated_tar", url, None, f"after {len(seen)} samples: {e}")
+            except OSError as e:
+                fail_kind = "read_error"
+                self.errors.report("read_error", url, None, str(e))
+            for ordinal in sorted(set(by_sample) - seen):
+                for idx in by_sample[ordinal]:
+                    yield idx, _Failed(fail_kind)
+
+    # decode ------------------------------------------------------------------------------------------------
+    def _decode(self, unit: Unit, raw: _Raw, position: int, out: torch.Tensor) -> dict[str, Any] | None:
+        cfg = self.cfg
+        try:
+            txt, captions, meta = parse_meta(raw.members)
+        except (ValueError, UnicodeDecodeError) as e:
+            self.errors.report("corrupt_json", raw.url, raw.key, str(e))
+            return None
+        if cfg.caption_mode == "all":
+            if unit.caption >= len(captions):
+                self.errors.report(
+                    "corrupt_json",
+                    raw.url,
+                    raw.key,
+                    f"caption #{unit.caption} planned, sample has {len(captions)}",
+                )
+                return None
+            ci, text = unit.caption, captions[unit.caption]
+        elif cfg.caption_mode == "random":
+            ci = unit.caption_seed % len(captions)
+            text = captions[ci]
+        else:
+            ci, text = 0, txt
+        names = select_frames(raw.members, cfg.num_frames)
+        frames = []
+        for name in names:
+            try:
+                frames.append(decode_jpeg(raw.members[name]))
+            except ValueError as e:
+                self.errors.report("corrupt_jpeg", raw.url, raw.key, f"{name}: {e}")
+                return None
+        aug = None
+        if cfg.augment:
+            aug = sample_augment(mix_seed(cfg.seed, self.plan.epoch, self.rank, self.worker, position, 0xA46))
+        try:
+            video, fmask = frames_to_tensor(
+                frames,
+                num_frames=cfg.num_frames,
+                frame_size=cfg.frame_hw(),
+                output=cfg.output,
+                normalize=cfg.normalize,
+                augment=aug,
+                out=out,
+            )
+        except ValueError as e:
+            self.errors.report("corrupt_jpeg", raw.url, raw.key, str(e))
+            return None
+        ids, tmask = tokenize(text, self.tokenizer, cfg.max_words)
+        vid = meta.get("video_id", raw.key)
+        return {
+            "frames": video,
+            "frame_mask": fmask,
+            "text_ids": ids,
+            "text_mask": tmask,
+            "key": raw.key.rpartition("/")[2],
+            "video_id": str(vid),
+            "caption_index": ci,
+            "is_pad": unit.pad,
+            "sample_index": unit.uid,
+        }
+
+    def _new_batch_frames(self) -> torch.Tensor:
+        """Uninitialised [B,T,3,H,W] batch tensor; in a worker it lives in shared memory (no copy on transfer)."""
+        cfg = self.cfg
+        h, w = cfg.frame_hw()
+        shape = (self.plan.batch_size, cfg.num_frames, 3, h, w)
+        dtype = torch.uint8 if cfg.output == "uint8" else torch.float32
+        if get_worker_info() is None:
+            return torch.empty(shape, dtype=dtype)
+        numel = 1
+        for d in shape:
+            numel *= d
+        try:  # what torch's default_collate does: allocate straight in shared memory
+            storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+        except (AttributeError, RuntimeError):  # pragma: no cover - private API moved
+            return torch.empty(shape, dtype=dtype).share_memory_()
+        return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+    def _substitute(self, last_good: tuple[Unit, _Raw, int] | None, out: torch.Tensor) -> dict[str, Any]:
+        """A padding row for a unit that could not be delivered: the last good sample again (decoded anew from
+        its raw bytes, so nothing the consumer did to an earlier batch leaks in), else a blank row."""
+        self.replaced += 1
+        if last_good is not None:
+            sample = self._decode(*last_good, out)
+            if sample is not None:
+                return dict(sample, is_pad=True)
+        out.zero_()
+        ids, tmask = tokenize("", self.tokenizer, self.cfg.max_words)
+        return {
+            "frames": out,
+            "frame_mask": torch.zeros(self.cfg.num_frames, dtype=torch.long),
+            "text_ids": ids,
+            "text_mask": tmask,
+            "key": "",
+            "video_id": "",
+            "caption_index": -1,
+            "is_pad": True,
+            "sample_index": -1,
+        }
+
+    def _error_delta(self) -> dict[str, int]:
+        out = self.errors.take()
+        if self.replaced:
+            out["replaced_units"] = self.replaced
+            self.replaced = 0
+        r = retry_count()
+        if r != self._retries_seen:
+            out["s3_retries"] = r - self._retries_seen
+            self._retries_seen = r
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        plan, bs = self.plan, self.plan.batch_size
+        units = plan.slot_units(self.rank, self.worker)
+        order = plan.slot_order(self.rank, self.worker)
+        start = self.first_batch * bs
+        remaining = order[start:]
+        if not remaining:
+            return
+        needed = set(remaining)
+        held: dict[int, _Raw | _Failed] = {}
+        ptr = 0
+        batch: list[dict[str, Any]] = []
+        frames: torch.Tensor | None = None
+        last_good: tuple[Unit, _Raw, int] | None = None
+        for idx, item in self._raw_stream(units, needed):
+            held[idx] = item
+            while ptr < len(remaining) and remaining[ptr] in held:
+                i = remaining[ptr]
+                got = held.pop(i)
+                if frames is None:
+                    frames = self._new_batch_frames()
+                row = frames[len(batch)]
+                sample = self._decode(units[i], got, start + ptr, row) if isinstance(got, _Raw) else None
+                if sample is None:
+                    sample = self._substitute(last_good, row)
+                else:
+                    last_good = (units[i], got, start + ptr)
+                batch.append(sample)
+                ptr += 1
+                if len(batch) == bs:
+                    out = collate(batch, frames)
+                    out[_ERRORS_KEY] = self._error_delta()
+                    yield out
+                    batch, frames = [], None
+        if ptr != len(remaining):  # cannot happen: every needed unit is produced or marked failed
+            raise RuntimeError(f"slot ({self.rank}, {self.worker}) delivered {ptr} of {len(remaining)} units")
+
+
+class _EpochDataset(IterableDataset):
+    """One rank's epoch as an IterableDataset of ready batches (use with ``batch_size=None``)."""
+
+    def __init__(
+        self, cfg: LoaderConfig, plan: EpochPlan, urls: list[str], tokenizer: Tokenizer, rank: int, start: int
+    ) -> None:
+        super().__init__()
+        self.cfg, self.plan, self.urls, self.tokenizer = cfg, plan, urls, tokenizer
+        self.rank, self.start = rank, start
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        dl_worker = info.id if info is not None else 0
+        w_count = self.plan.workers
+        # Rotate roles on resume: DataLoader worker 0 must produce rank batch `start`, owned by worker start % W.
+        worker = (dl_worker + self.start) % w_count
+        first = worker_batches_consumed(self.start, worker, w_count)
+        if first >= self.plan.worker_num_batches(worker):
+            return iter(())
+        return iter(_SlotReader(self.cfg, self.plan, self.urls, self.tokenizer, self.rank, worker, first))
+
+
+# -- the loader -----------------------------------------------------------------------------------------------
+
+
+class ShardLoader:
+    """Iterable over one rank's batches for the current epoch; see the module docstring.
+
+    ``len(loader)`` is the epoch's batches per rank (identical on every rank). ``state_dict()`` /
+    ``load_state_dict()`` are the resume state (usable with ``accelerator.register_for_checkpointing``).
+    """
+
+    def __init__(
+        self,
+        cfg: LoaderConfig,
+        *,
+        rank: int,
+        world_size: int,
+        epoch: int = 0,
+        state: dict | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        cfg.validate()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        register_gopen()
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.workers = max(1, cfg.num_workers)
+        self.urls, self.sizes, self.caption_counts = resolve_shards(cfg)
+        self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer()
+        self.epoch = int(epoch)
+        self._start = 0  # batch to resume from in the current epoch
+        self._consumed = 0  # batches delivered in the current epoch
+        self._plan: EpochPlan | None = None
+        self._stats: Counter[str] = Counter({k: 0 for k in ERROR_KINDS})
+        if state is not None:
+            self.load_state_dict(state)
+
+    def plan(self) -> EpochPlan:
+        """The current epoch's plan (cached)."""
+        if self._plan is None or self._plan.epoch != self.epoch:
+            c = self.cfg
+            self._plan = make_plan(
+                seed=c.seed,
+                epoch=self.epoch,
+                world_size=self.world_size,
+                workers=self.workers,
+                batch_size=c.batch_size,
+                shard_sizes=self.sizes,
+                caption_counts=self.caption_counts,
+                caption_mode=c.caption_mode,
+                shuffle=c.shuffle,
+                drop_last=c.drop_last,
+                shuffle_buffer=c.shuffle_buffer,
+            )
+        return self._plan
+
+    def __len__(self) -> int:
+        return self.plan().batches_per_rank
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (new shard order, captions, buffer order) from its first batch."""
+        self.epoch, self._start, self._consumed = int(epoch), 0, 0
+
+    def _dataloader(self, dataset: _EpochDataset) -> DataLoader:
+        c = self.cfg
+        kw: dict[str, Any] = {}
+        if c.num_workers > 0:
+            kw = {"prefetch_factor": c.prefetch_factor, "persistent_workers": False}
+            if c.mp_context:
+                kw["multiprocessing_context"] = c.mp_context
+        # batch_size=None: workers yield ready batches; in_order keeps the round-robin order of the plan.
+        return DataLoader(dataset, batch_size=None, num_workers=c.num_workers, pin_memory=c.pin_memory, **kw)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        plan = self.plan()
+        start = self._start
+        self._consumed = start
+        dataset = _EpochDataset(self.cfg, plan, self.urls, self.tokenizer, self.rank, start)
+        source = iter(dataset) if self.cfg.num_workers == 0 else iter(self._dataloader(dataset))
+        for batch in source:
+            self._stats.update(batch.pop(_ERRORS_KEY, {}))
+            # counted before the caller sees the batch: a checkpoint taken while it is processed excludes it
+            self._consumed += 1
+            yield batch
+        if self._consumed != plan.batches_per_rank:
+            raise RuntimeError(
+                f"rank {self.rank} delivered {self._consumed} batches, planned {plan.batches_per_rank}"
+            )
+        self._start = 0  # the epoch is complete; iterating again replays it from the start
+
+    def stats(self) -> dict[str, int]:
+        """Skipped data by kind (plus ``replaced_units`` rows filled by repeats and ``s3_retries``)."""
+        return dict(self._stats)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Resume state: the epoch and batches delivered by this rank, plus the layout it is valid for."""
+        plan = self.plan()
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "batches": self._consumed,
+            "worker_batches": [
+                worker_batches_consumed(self._consumed, w, self.workers) for w in range(self.workers)
+            ],
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "workers": self.workers,
+            "batch_size": self.cfg.batch_size,
+            "seed": self.cfg.seed,
+            "caption_mode": self.cfg.caption_mode,
+            "num_units": plan.num_units,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (see :meth:`state_dict`); the layout must match this loader's."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r} != {STATE_VERSION}")
+        self.epoch = int(state["epoch"])
+        expect = {
+            "world_size": self.world_size,
+            "workers": self.workers,
+            "batch_size": self.cfg.batch_size,
+            "seed": self.cfg.seed,
+            "caption_mode": self.cfg.caption_mode,
+            "num_units": self.plan().num_units,
+        }
+        bad = {k: (state.get(k), v) for k, v in expect.items() if state.get(k) != v}
+        if bad:
+            detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in bad.items())
+            raise ValueError(f"cannot resume the loader with a different layout ({detail})")
+        batches = int(state["batches"])
+        if not 0 <= batches <= len(self):
+            raise ValueError(f"loader state has {batches} batches consumed, epoch has {len(self)}")
+        self._start = self._consumed = batches
+
+
+def build_loader(
+    cfg: LoaderConfig,
+    *,
+    rank: int,
+    world_size: int,
+    epoch: int = 0,
+    state: dict | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> ShardLoader:
+    """The rank's loader; see :class:`ShardLoader`. Never pass it through ``accelerator.prepare``."""
+    return ShardLoader(cfg, rank=rank, world_size=world_size, epoch=epoch, state=state, tokenizer=tokenizer)
