@@ -1,0 +1,139 @@
+"""One logging setup for the trainer and scorer: console/file logging, a metrics JSONL file, TensorBoard.
+
+Only rank 0 writes metrics and TensorBoard events; every rank logs warnings and errors to the console.
+``metrics.jsonl`` has one JSON object per line: ``{"event": "train", "step": ..., "epoch": ..., "loss/total":
+..., "lr": ..., "data_wait_s": ..., "compute_s": ..., "samples_per_s": ..., "skipped": {...}, "sample_index":
+[...]}`` for every training batch, and ``{"event": "val", "step": ..., "val/t2v/R@1": ...}`` for every
+validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from typing import Any
+
+__all__ = ["setup_logging", "MetricsLogger", "read_metrics", "truncate_metrics"]
+
+_FORMAT = "%(asctime)s %(levelname)s [rank %(rank)s] %(name)s: %(message)s"
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        return True
+
+
+def setup_logging(level: str = "INFO", *, rank: int = 0, log_file: str | None = None) -> None:
+    """Configure the root logger once: INFO on rank 0 (WARNING on other ranks) to stderr, plus
+    ``log_file``."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_nr_handler", False):
+            root.removeHandler(h)
+            h.close()
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(lvl if rank == 0 else max(lvl, logging.WARNING))
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None and rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setLevel(lvl)
+        handlers.append(fh)
+    for h in handlers:
+        h.setFormatter(logging.Formatter(_FORMAT))
+        h.addFilter(_RankFilter(rank))
+        h._nr_handler = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(lvl)
+    for noisy in ("botocore", "s3fs", "fsspec", "aiobotocore", "urllib3", "PIL", "matplotlib", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+class MetricsLogger:
+    """Append-only ``metrics.jsonl`` plus optional TensorBoard scalars; a no-op on ranks other than 0."""
+
+    def __init__(self, run_dir: str, *, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._file = None
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(run_dir, "tb"))
+
+    def log(self, record: dict[str, Any], *, tb: bool = True) -> None:
+        """Write one JSON line; numeric top-level entries also go to TensorBoard at ``record["step"]``."""
+        if not self.enabled or self._file is None:
+            return
+        self._file.write(json.dumps(_jsonable(record), sort_keys=False) + "\n")
+        self._file.flush()
+        if tb and self._tb is not None and "step" in record:
+            step = int(record["step"])
+            for k, v in record.items():
+                if k in ("step", "epoch") or isinstance(v, bool):
+                    continue
+                if isinstance(v, int | float) and math.isfinite(v):
+                    tag = k if "/" in k else f"train/{k}"
+                    self._tb.add_scalar(tag, v, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path: str, event: str | None = "train") -> list[dict[str, Any]]:
+    """All records of ``metrics.jsonl`` (optionally only one ``event`` kind), in file order."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            rec = json.loads(line)
+            if event is None or rec.get("event") == event:
+                out.append(rec)
+    return out
+
+
+def truncate_metrics(path: str, last_step: int) -> int:
+    """Drop records with ``step > last_step`` (a resumed run re-logs them); returns the number dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = [ln for ln in f if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= last_step]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+    return len(lines) - len(keep)

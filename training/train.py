@@ -1,0 +1,561 @@
+"""NeighborRetr training loop on Accelerate (``nr-train``).
+
+    accelerate launch --config_file accelerate_config.yaml -m training.train --config configs/msrvtt.yaml \
+        run.out=runs/msrvtt [--resume latest]
+    python -m training.train --config configs/demo.yaml            # one process (CPU or one GPU)
+
+Reads top to bottom: parse + validate the config (before any work), build the Accelerator, model, optimiser,
+schedule and loaders, optionally resume, then for every epoch: reshuffle, pre-fill the memory bank, and for
+every batch: forward -> gather features with gradient (global batch) -> losses -> backward -> clip grad norm
+once -> optimiser + schedule step -> clamp logit_scale <= ln 100 -> bank update (no grad) -> log -> validate /
+checkpoint at their cadence. Validation and a checkpoint also run at each epoch end.
+
+Distributed conventions: the loader is never passed through ``accelerator.prepare`` (the shard plan already
+splits the data over ranks; Accelerate would split it again, pipeline-notes §0.4); only model, optimiser and
+scheduler are prepared. The scheduler is stepped once per optimiser step
+(``step_scheduler_with_optimizer=False``; Accelerate would otherwise step it ``num_processes`` times). Every
+rank computes the full global loss on gathered features (``training.distributed``), so every logged loss is
+the global-batch loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+from training.config import (
+    ConfigError,
+    TrainConfig,
+    load_config,
+    loader_config,
+    resolve_similarity,
+    save_config,
+    split_url,
+    validate_config,
+)
+
+__all__ = ["parse_args", "resolve_config", "build_accelerator", "train", "main"]
+
+logger = logging.getLogger(__name__)
+
+LOGIT_SCALE_MAX = math.log(100.0)
+BANK_SEED_OFFSET = (
+    7919  # the bank pre-fill loader draws its own shuffle (seed + offset), reshuffled every epoch
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="nr-train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML config (configs/*.yaml); omitted: all defaults")
+    p.add_argument("--resume", help="'latest' (newest checkpoint of run.out) or a checkpoint folder")
+    p.add_argument("--check", action="store_true", help="validate the config (and shards) and exit")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 run.out=runs/x")
+    return p.parse_intermixed_args(argv)  # options and key=value overrides in any order
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """Fill derived values: the vision tower's input size follows the shards' frame size when unset."""
+    if getattr(cfg.model, "image_size", "absent") is None:
+        cfg.model = dataclasses.replace(cfg.model, image_size=cfg.data.frame_size)
+    return cfg
+
+
+def build_accelerator(cfg: TrainConfig) -> Any:
+    """Accelerator: CPU when CUDA is absent (or run.cpu), mixed precision and gradient accumulation from
+    cfg."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    find_unused = cfg.run.find_unused_parameters
+    return Accelerator(
+        cpu=cfg.run.cpu or not torch.cuda.is_available(),
+        mixed_precision=cfg.run.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# pieces of the loop
+# ------------------------------------------------------------------------------------------------------------
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _gather_features(feats: Any) -> Any:
+    """Features of the local batch -> features of the global batch (tokens with gradient, masks without)."""
+    from training.distributed import gather_nograd, gather_with_grad
+    from training.features import Features
+
+    return Features(
+        text_tokens=gather_with_grad(feats.text_tokens.float()),
+        text_mask=gather_nograd(feats.text_mask),
+        video_tokens=gather_with_grad(feats.video_tokens.float()),
+        video_mask=gather_nograd(feats.video_mask),
+        text_global=gather_with_grad(feats.text_global.float()),
+        video_global=gather_with_grad(feats.video_global.float()),
+    )
+
+
+@torch.no_grad()
+def prefill_bank(bank: Any, model: torch.nn.Module, cfg: TrainConfig, accelerator: Any, epoch: int) -> int:
+    """Epoch start: encode ``bank.prefill_batches`` batches of the training split (eval mode, no grad), gather
+    them across ranks and fill the bank (method §4); returns the number of samples in the bank."""
+    from shards.reader import build_loader
+    from training.distributed import gather_nograd
+
+    bank.clear()
+    n = cfg.bank.prefill_batches
+    if n <= 0:
+        return 0
+    lcfg = loader_config(
+        cfg,
+        cfg.data.train,
+        purpose="bank",
+        world_size=accelerator.num_processes,
+        seed_offset=BANK_SEED_OFFSET,
+    )
+    loader = build_loader(
+        lcfg, rank=accelerator.process_index, world_size=accelerator.num_processes, epoch=epoch
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        it = iter(loader)
+        for _ in range(min(n, len(loader))):
+            batch = _to_device(next(it), accelerator.device)
+            with accelerator.autocast():
+                t = model.encode_text(batch["text_ids"], batch["text_mask"])
+                v = model.encode_video(batch["frames"], batch["frame_mask"])
+            bank.prefill(
+                gather_nograd(t.float()),
+                gather_nograd(batch["text_mask"]),
+                gather_nograd(v.float()),
+                gather_nograd(batch["frame_mask"]),
+                gather_nograd(batch["sample_index"].long()),
+            )
+        del it
+    finally:
+        model.train(was_training)
+    logger.info(
+        "memory bank pre-filled for epoch %d: %d samples (capacity %d)", epoch, len(bank), bank.capacity
+    )
+    return len(bank)
+
+
+def _index_digest(indices: list[int]) -> str:
+    return hashlib.blake2s(",".join(map(str, indices)).encode(), digest_size=8).hexdigest()
+
+
+class _Validator:
+    """Validation on the held-out split (or test, labelled) + the ONE best checkpoint by one named metric."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Any, metrics_log: Any) -> None:
+        from training.validate import resolve_caption_mode
+
+        self.cfg, self.accelerator, self.metrics_log = cfg, accelerator, metrics_log
+        location = cfg.data.val if cfg.eval.split == "val" else cfg.data.test
+        self.enabled = location is not None and (cfg.eval.every_steps > 0 or cfg.eval.at_epoch_end)
+        self.location = location
+        self.caption_mode = (
+            resolve_caption_mode(split_url(cfg.data, location), cfg.eval.caption_mode, cfg.data.storage)
+            if self.enabled
+            else "first"
+        )
+        if self.enabled and cfg.eval.split == "test":
+            logger.warning(
+                "model selection on the TEST split (eval.split=test): report results as test-selected"
+            )
+        self.last_step = -1
+
+    def __call__(self, model: torch.nn.Module, progress: Any) -> dict[str, float] | None:
+        from shards.reader import build_loader
+        from training.checkpoint import save_best
+        from training.validate import metrics_of, score_split
+
+        cfg, acc = self.cfg, self.accelerator
+        if not self.enabled or self.last_step == progress.step:
+            return None
+        self.last_step = progress.step
+        unwrapped = acc.unwrap_model(model)
+        lcfg = loader_config(
+            cfg, self.location, purpose="eval", world_size=acc.num_processes, caption_mode=self.caption_mode
+        )
+        loader = build_loader(lcfg, rank=acc.process_index, world_size=acc.num_processes, epoch=0)
+        result = score_split(
+            unwrapped,
+            loader,
+            device=acc.device,
+            caption_mode=self.caption_mode,
+            block=cfg.eval.block,
+            autocast=acc.autocast,
+            similarity=resolve_similarity(cfg),
+        )
+        metrics: dict[str, float] | None = None
+        if result is not None:
+            metrics = metrics_of(result, prefix=cfg.eval.split, ks=cfg.eval.ks)
+        metrics = _broadcast(metrics)
+        assert metrics is not None
+        value = float(metrics.get(cfg.eval.select_metric, float("nan")))
+        if not math.isfinite(value) and acc.is_main_process:
+            logger.warning(
+                "eval.select_metric %r not among the metrics (%s ...)",
+                cfg.eval.select_metric,
+                ", ".join(sorted(metrics)[:8]),
+            )
+        record = {
+            "event": "val",
+            "step": progress.step,
+            "epoch": progress.epoch,
+            **metrics,
+            "val_seconds": result.seconds if result is not None else 0.0,
+            "similarity": resolve_similarity(cfg),
+        }
+        self.metrics_log.log(record)
+        logger.info(
+            "validation at step %d: %s = %.4f (t2v R@1 %.2f, v2t R@1 %.2f)",
+            progress.step,
+            cfg.eval.select_metric,
+            value,
+            metrics.get(f"{cfg.eval.split}/t2v/R@1", float("nan")),
+            metrics.get(f"{cfg.eval.split}/v2t/R@1", float("nan")),
+        )
+        if progress.is_better(value, cfg.eval.select_mode):
+            progress.best_metric, progress.best_step = value, progress.step
+            selection = {
+                "metric": cfg.eval.select_metric,
+                "value": value,
+                "mode": cfg.eval.select_mode,
+                "step": progress.step,
+                "epoch": progress.epoch,
+                "split": cfg.eval.split,
+                "selected_on_test": cfg.eval.split == "test",
+                "similarity": resolve_similarity(cfg),
+            }
+            save_best(acc, model, cfg.run.out, cfg=cfg, selection=selection)
+        return metrics
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _warn_config_changes(cfg: TrainConfig, saved_path: str) -> None:
+    """Log the keys whose values differ from the checkpoint's config (a resumed run should keep them)."""
+    import yaml
+
+    from training.config import to_dict
+
+    if not os.path.exists(saved_path):
+        return
+    with open(saved_path, encoding="utf-8") as f:
+        saved = _flatten(yaml.safe_load(f) or {})
+    now = _flatten(to_dict(cfg))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        logger.warning(
+            "resuming with a config that differs from the checkpoint's in: %s",
+            ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed[:10]),
+        )
+
+
+def _broadcast(obj: Any) -> Any:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> dict[str, Any]:
+    """Train according to ``cfg``; returns a summary (steps, last losses, best metric). Collective call."""
+    from accelerate.utils import set_seed
+
+    from shards.reader import build_loader
+    from training.checkpoint import TrainerProgress, load_checkpoint, resolve_resume, save_checkpoint
+    from training.logging_utils import MetricsLogger, truncate_metrics
+    from training.losses.head import compute_losses
+    from training.memory_bank import MemoryBank
+    from training.model import NeighborRetrModel
+    from training.optim import build_optimizer, build_scheduler
+
+    run_dir, world, rank = cfg.run.out, accelerator.num_processes, accelerator.process_index
+    set_seed(cfg.run.seed)
+
+    # -- model, optimiser, schedule (the loader only tells the schedule its length) -------------------------
+    model = NeighborRetrModel(cfg.model)
+    if cfg.loss.kind == "infonce":
+        # the baseline's loss never reaches these: frozen, so DDP sees no parameter without a gradient
+        for name in ("text_weight", "video_weight", "text_merge", "video_merge"):
+            getattr(model, name).requires_grad_(False)
+        logger.info(
+            "loss.kind=infonce: token weights and merge blocks frozen (unused by the loss), no memory bank"
+        )
+    use_bank = cfg.bank.enabled and cfg.loss.kind == "neighborretr"
+    optimizer = build_optimizer(model, cfg.optim)
+    train_cfg = loader_config(cfg, cfg.data.train, purpose="train", world_size=world)
+    loader = build_loader(train_cfg, rank=rank, world_size=world, epoch=0)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"data.train: the training split yields no batch of {train_cfg.batch_size} per rank")
+    total_batches = steps_per_epoch * cfg.optim.epochs
+    if cfg.optim.max_steps is not None:
+        total_batches = min(total_batches, cfg.optim.max_steps)
+    total_opt_steps = max(1, math.ceil(total_batches / cfg.optim.grad_accum))
+    scheduler = build_scheduler(optimizer, total_opt_steps, cfg.optim.warmup)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+
+    # -- state registered for checkpointing (order matters: progress, then bank) ----------------------------
+    progress = TrainerProgress()
+    global_batch = cfg.data.batch_size
+    bank = MemoryBank(max(1, cfg.bank.resolved_capacity(global_batch)))
+    accelerator.register_for_checkpointing(progress, bank)
+
+    loader_state = None
+    if resume:
+        path = resolve_resume(resume, run_dir)
+        _warn_config_changes(cfg, os.path.join(path, "config.yaml"))
+        loader_state = load_checkpoint(accelerator, path)
+        if accelerator.is_main_process:
+            dropped = truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), progress.step)
+            logger.info(
+                "resuming at epoch %d, step %d (%d batches into the epoch); %d logged steps redone",
+                progress.epoch,
+                progress.step,
+                progress.step_in_epoch,
+                dropped,
+            )
+    if accelerator.is_main_process:
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    metrics_log = MetricsLogger(run_dir, enabled=accelerator.is_main_process, tensorboard=cfg.run.tensorboard)
+    validator = _Validator(cfg, accelerator, metrics_log)
+    logger.info(
+        "training: %d ranks, global batch %d, %d batches/epoch, %d epochs, %d optimiser steps",
+        world,
+        global_batch,
+        steps_per_epoch,
+        cfg.optim.epochs,
+        total_opt_steps,
+    )
+
+    last: dict[str, float] = {}
+    stop = False
+    bar = None
+    try:
+        for epoch in range(progress.epoch, cfg.optim.epochs):
+            progress.epoch = epoch
+            if loader_state is not None:  # resumed mid-epoch: continue with the exact next batch
+                loader = build_loader(train_cfg, rank=rank, world_size=world, epoch=epoch, state=loader_state)
+                loader_state = None
+            else:
+                loader.set_epoch(epoch)
+            if progress.step_in_epoch == 0 and use_bank:
+                prefill_bank(bank, unwrapped, cfg, accelerator, epoch)
+            model.train()
+            if cfg.run.progress and accelerator.is_main_process:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(
+                    total=steps_per_epoch,
+                    initial=progress.step_in_epoch,
+                    desc=f"epoch {epoch}",
+                    dynamic_ncols=True,
+                )
+            t_last = time.perf_counter()
+            for batch in loader:
+                t_data = time.perf_counter()
+                batch = _to_device(batch, accelerator.device)
+                # -- one step --------------------------------------------------------------------------------
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        feats = model(
+                            batch["frames"], batch["frame_mask"], batch["text_ids"], batch["text_mask"]
+                        )
+                    gfeats = _gather_features(feats)
+                    losses = compute_losses(
+                        gfeats,
+                        text_weight=unwrapped.text_weight,
+                        video_weight=unwrapped.video_weight,
+                        logit_scale=unwrapped.clip.logit_scale,
+                        cfg=cfg.loss,
+                        bank=bank if use_bank and len(bank) > 0 else None,
+                    )
+                    accelerator.backward(losses["total"])
+                    grad_norm = None
+                    if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    unwrapped.clip.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
+                    if use_bank:
+                        from training.distributed import gather_nograd
+
+                        bank.update(
+                            gfeats.text_tokens.detach(),
+                            gfeats.text_mask,
+                            gfeats.video_tokens.detach(),
+                            gfeats.video_mask,
+                            gather_nograd(batch["sample_index"].long()),
+                        )
+                # -- bookkeeping -----------------------------------------------------------------------------
+                progress.step += 1
+                progress.step_in_epoch += 1
+                if accelerator.sync_gradients:
+                    progress.opt_step += 1
+                t_done = time.perf_counter()
+                from training.distributed import gather_nograd
+
+                indices = gather_nograd(batch["sample_index"].long()).cpu().tolist()
+                last = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
+                record = {
+                    "event": "train",
+                    "step": progress.step,
+                    "epoch": epoch,
+                    **last,
+                    "lr": scheduler.get_last_lr()[-1],
+                    "lr_clip": min(scheduler.get_last_lr()),
+                    "logit_scale": float(unwrapped.clip.logit_scale.detach()),
+                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "bank_size": len(bank),
+                    "data_wait_s": round(t_data - t_last, 6),
+                    "compute_s": round(t_done - t_data, 6),
+                    "samples_per_s": round(global_batch / max(t_done - t_last, 1e-9), 3),
+                    "skipped": loader.stats() if hasattr(loader, "stats") else {},
+                    "pad": int(batch["is_pad"].sum()) if "is_pad" in batch else 0,
+                    "sample_index": indices,
+                    "sample_digest": _index_digest(indices),
+                }
+                metrics_log.log(record, tb=progress.step % cfg.run.log_every_steps == 0)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last['loss/total']:.4f}", sps=f"{record['samples_per_s']:.1f}")
+                if progress.step % cfg.run.log_every_steps == 0 and not cfg.run.progress:
+                    logger.info(
+                        "step %d epoch %d loss %.5f lr %.3g %.1f samples/s",
+                        progress.step,
+                        epoch,
+                        last["loss/total"],
+                        record["lr"],
+                        record["samples_per_s"],
+                    )
+                # -- periodic validation / checkpoint --------------------------------------------------------
+                if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
+                    validator(model, progress)
+                if (
+                    cfg.run.save_every_steps
+                    and progress.step % cfg.run.save_every_steps == 0
+                    and accelerator.sync_gradients
+                    and progress.step_in_epoch < steps_per_epoch
+                ):
+                    save_checkpoint(
+                        accelerator,
+                        run_dir,
+                        step=progress.step,
+                        cfg=cfg,
+                        loader_state=loader.state_dict(),
+                        keep_last=cfg.run.keep_last,
+                    )
+                if cfg.optim.max_steps is not None and progress.step >= cfg.optim.max_steps:
+                    stop = True
+                    break
+                t_last = time.perf_counter()
+            if bar is not None:
+                bar.close()
+                bar = None
+            if stop:
+                break
+            # -- epoch end -----------------------------------------------------------------------------------
+            bank.clear()
+            progress.epoch, progress.step_in_epoch = epoch + 1, 0
+            if cfg.eval.at_epoch_end:
+                validator(model, progress)
+            save_checkpoint(
+                accelerator,
+                run_dir,
+                step=progress.step,
+                cfg=cfg,
+                loader_state={},
+                keep_last=cfg.run.keep_last,
+            )
+        if stop:  # max_steps reached mid-epoch: validate and checkpoint the final state
+            if validator.enabled:
+                validator(model, progress)
+            save_checkpoint(
+                accelerator,
+                run_dir,
+                step=progress.step,
+                cfg=cfg,
+                loader_state=loader.state_dict(),
+                keep_last=cfg.run.keep_last,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+        metrics_log.close()
+    summary = {
+        "steps": progress.step,
+        "epochs_done": progress.epoch,
+        **last,
+        "best_metric": progress.best_metric,
+        "best_step": progress.best_step,
+    }
+    logger.info("training done: %s", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from training.logging_utils import setup_logging
+
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    setup_logging("INFO", rank=rank)
+    try:
+        cfg = resolve_config(load_config(args.config, args.overrides))
+        validate_config(cfg, world_size=world_size)
+    except ConfigError as e:
+        print(f"nr-train: {e}", file=sys.stderr)  # noqa: T201 - CLI output
+        return 2
+    if args.check:
+        msg = f"nr-train: configuration OK ({args.config or 'defaults'}, world size {world_size})"
+        print(msg)  # noqa: T201 - CLI output
+        return 0
+    setup_logging(cfg.run.log_level, rank=rank, log_file=os.path.join(cfg.run.out, "train.log"))
+    accelerator = build_accelerator(cfg)
+    try:
+        train(cfg, accelerator, resume=args.resume)
+    finally:
+        accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
