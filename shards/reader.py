@@ -8,6 +8,28 @@ are not opened), reorders the raw samples into the plan's shuffle-buffer order, 
 tokenises and collates whole batches. The DataLoader collects batches from its workers round robin, which is the
 plan's per-rank order, so the batch sequence does not depend on worker timing.
 
+Frames on the way (``convert_in="main"``, the default). A worker decodes each JPEG straight into a uint8 "wire"
+batch ``[B,T,H,W,3]`` in shared memory (HWC, the decoder's layout; 1.8 MB per 12x224x224 clip instead of 7.2 MB of
+float) and the main process converts it into the output ``[B,T,3,H,W]`` (float normalised or uint8) while the
+worker decodes the next batch, see :func:`shards.transforms.frames_from_hwc`. Buffers are reused instead of
+being allocated (and page-faulted) per batch, safely:
+
+* wire buffers: the main process creates a small ring of shared buffers per worker (``prefetch_factor + 2``
+  batches each; the workers inherit them, so only a tag crosses the process boundary per batch) and keeps them
+  for later epochs. After converting batch n of slot k it writes n+1 into a shared release table; a worker
+  refills a slot only after reading that release (else it allocates a fresh buffer that travels with the
+  batch), so a worker never writes into a buffer the main process may still read. A set is reused by a later
+  iteration only after the iteration that used it completed (its workers have exited). Wire buffers never
+  reach the caller. Shared memory held per worker: ``(prefetch_factor + 2) * B*T*H*W*3`` bytes.
+* output buffers: numpy-backed, reused only when nothing but the pool references the array (every tensor, view,
+  storage or ``.numpy()`` made from a batch keeps it alive), so a batch the caller still holds is never
+  overwritten. At most ``output_buffers`` are kept, for the loader's lifetime (later epochs reuse them; call
+  :meth:`ShardLoader.release_buffers` to drop them and the idle wire buffers). With ``pin_memory`` (and CUDA)
+  outputs come from torch's caching pinned allocator instead.
+
+``convert_in="worker"`` converts in the worker into fresh shared memory (the output then crosses the process
+boundary at full size): use it when the main process is the bottleneck, e.g. many workers feeding float batches.
+
 Resume. The state is ``{epoch, batches delivered by this rank}`` (plus the layout it is valid for). Batches of a
 rank alternate between workers, so the count fixes how many batches each worker delivered; a restored loader
 rotates the worker roles so that DataLoader worker 0 plays the worker that owns the next batch, and every worker
@@ -31,12 +53,15 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
+import sys
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -47,14 +72,14 @@ from shards.s3 import DEFAULT_BLOCK_SIZE, open_shard, register_gopen, retry_coun
 from shards.schema import CAPTIONS_FILE, SIZES_FILE, is_frame_member, stats_name
 from shards.transforms import (
     Tokenizer,
-    collate,
     decode_jpeg,
     default_tokenizer,
-    frames_to_tensor,
+    frames_from_hwc,
+    frames_to_hwc,
+    jpeg_size,
     parse_meta,
     sample_augment,
     select_frames,
-    tokenize,
 )
 
 __all__ = [
@@ -70,6 +95,9 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 _ERRORS_KEY = "__errors__"
+_WIRE_KEY = "__wire__"
+CONVERT_IN = ("main", "worker")
+_RING_SPARE = 2  # wire buffers per worker beyond prefetch_factor (fewer only cost fresh allocations)
 
 
 @dataclass
@@ -85,8 +113,10 @@ class LoaderConfig:
     max_words: int = 32  # L: text length incl. SOT and EOT
     frame_size: int | tuple[int, int] = 224  # output H, W (an int means square)
     # "float" (x/255, normalised with CLIP mean/std if normalize) or "uint8". For GPU training prefer "uint8" and
-    # normalise on the device: float batches are 4x the bytes written into fresh shared memory per clip.
+    # normalise on the device (4x fewer bytes to move); float costs the main process one conversion pass per clip.
     output: str = "float"
+    convert_in: str = "main"  # where the uint8 wire batch becomes the output: "main" process | "worker"
+    output_buffers: int = 2  # output batches kept for reuse in the main process (0: allocate every batch)
     normalize: bool = True  # CLIP mean/std normalisation of float output
     augment: bool = False  # random crop/flip/colour, same ops for every frame of a clip, seeded
     caption_mode: str = "random"  # random: one per video per epoch | all: every caption once | first: primary
@@ -117,6 +147,8 @@ class LoaderConfig:
             raise ValueError(f"caption_mode must be one of {CAPTION_MODES}, got {self.caption_mode!r}")
         if self.output not in ("uint8", "float"):
             raise ValueError(f"output must be 'uint8' or 'float', got {self.output!r}")
+        if self.convert_in not in CONVERT_IN:
+            raise ValueError(f"convert_in must be one of {CONVERT_IN}, got {self.convert_in!r}")
         if self.on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
         for name in ("batch_size", "num_frames", "read_block_size"):
@@ -124,8 +156,8 @@ class LoaderConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_words < 2:
             raise ValueError(f"max_words must be >= 2, got {self.max_words}")
-        if self.num_workers < 0 or self.shuffle_buffer < 0 or self.retries < 0:
-            raise ValueError("num_workers, shuffle_buffer and retries must be >= 0")
+        if self.num_workers < 0 or self.shuffle_buffer < 0 or self.retries < 0 or self.output_buffers < 0:
+            raise ValueError("num_workers, shuffle_buffer, retries and output_buffers must be >= 0")
         if min(self.frame_hw()) < 1:
             raise ValueError(f"frame_size must be positive, got {self.frame_size}")
 
@@ -325,8 +357,75 @@ class _Failed:
     kind: str
 
 
+def _alloc(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Uninitialised tensor; in a DataLoader worker it lives in shared memory (no copy on transfer)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = 1
+    for d in shape:
+        numel *= d
+    try:  # what torch's default_collate does: allocate straight in shared memory
+        storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+    except (AttributeError, RuntimeError):  # pragma: no cover - private API moved
+        return torch.empty(shape, dtype=dtype).share_memory_()
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
+class _WireSet:
+    """The uint8 wire batches of one iteration: ``buffers[p][k]`` ``[B,T,H,W,3]`` for producer ``p`` (DataLoader
+    worker) and ring slot ``k``, plus the release table ``release[p, k]``. Created by the main process (in shared
+    memory when there are workers, which inherit or receive them with the dataset) and reused for later epochs."""
+
+    def __init__(self, producers: int, slots: int, shape: tuple[int, ...], shared: bool) -> None:
+        self.key = (producers, slots, shape, shared)
+        self.release = torch.zeros((producers, slots), dtype=torch.int64)
+        self.buffers = [
+            [torch.empty(shape, dtype=torch.uint8) for _ in range(slots)] for _ in range(producers)
+        ]
+        if shared:
+            self.release.share_memory_()
+            for row in self.buffers:
+                for buf in row:
+                    buf.share_memory_()
+
+    def reset(self) -> None:
+        """Forget all releases: only valid when no producer of an earlier iteration can still write."""
+        self.release.zero_()
+
+
+class _WireRing:
+    """One producer's view of a :class:`_WireSet`: batch ``n`` goes to slot ``n % K``.
+
+    ``release`` (int64 [K], shared with the consumer) holds, per slot, ``n + 1`` for the last batch ``n`` the
+    consumer has finished with. A slot's buffer is refilled only if it is unused in this iteration or the consumer
+    released the batch it carried; otherwise the batch goes into a freshly allocated buffer that travels with it
+    (never a wait, never a write into memory the consumer may still read).
+    """
+
+    def __init__(self, buffers: list[torch.Tensor], release: torch.Tensor, producer: int) -> None:
+        self.buffers, self.release, self.producer = buffers, release, producer
+        self.last = [-1] * len(buffers)  # batch that last used each slot in this iteration
+        self.seq = 0
+        self.fresh = 0  # batches that needed a fresh buffer (for the debug log)
+
+    def take(self) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """``(buffer, tag)``; ``tag = (producer, slot, seq)``, slot -1 for a fresh buffer."""
+        k = self.seq % len(self.buffers)
+        n, self.seq = self.seq, self.seq + 1
+        if self.last[k] < 0 or int(self.release[k]) == self.last[k] + 1:
+            self.last[k] = n
+            return self.buffers[k], (self.producer, k, n)
+        self.fresh += 1
+        return _alloc(tuple(self.buffers[k].shape), torch.uint8), (self.producer, -1, n)
+
+
 class _SlotReader:
-    """Executes slot ``(rank, worker)`` of an epoch plan from batch ``first_batch`` of that worker on."""
+    """Executes slot ``(rank, worker)`` of an epoch plan from batch ``first_batch`` of that worker on.
+
+    With ``convert_in="main"`` it yields batches tagged with ``_WIRE_KEY``: the frames are in the tagged ring
+    buffer (or, for slot -1, in the batch's ``frames``) for the main process to convert and release; with
+    ``"worker"`` the batch carries the final output.
+    """
 
     def __init__(
         self,
@@ -337,9 +436,11 @@ class _SlotReader:
         rank: int,
         worker: int,
         first_batch: int,
+        ring: _WireRing,
     ) -> None:
         self.cfg, self.plan, self.urls, self.tokenizer = cfg, plan, urls, tokenizer
         self.rank, self.worker, self.first_batch = rank, worker, first_batch
+        self.ring = ring
         self.errors = ErrorCounter(log, cfg.on_error)
         self.replaced = 0
         self._retries_seen = retry_count()
@@ -430,36 +531,30 @@ class _SlotReader:
         else:
             ci, text = 0, txt
         names = select_frames(raw.members, cfg.num_frames)
-        frames = []
-        for name in names:
-            try:
-                frames.append(decode_jpeg(raw.members[name]))
-            except ValueError as e:
-                self.errors.report("corrupt_jpeg", raw.url, raw.key, f"{name}: {e}")
-                return None
         aug = None
         if cfg.augment:
             aug = sample_augment(mix_seed(cfg.seed, self.plan.epoch, self.rank, self.worker, position, 0xA46))
+        dst = out.numpy()  # [T,H,W,3] uint8: this sample's row of the wire batch
+        name = names[0]
         try:
-            video, fmask = frames_to_tensor(
-                frames,
-                num_frames=cfg.num_frames,
-                frame_size=cfg.frame_hw(),
-                output=cfg.output,
-                normalize=cfg.normalize,
-                augment=aug,
-                out=out,
-            )
+            if aug is None and jpeg_size(raw.members[name]) == dst.shape[1:3]:
+                for i, name in enumerate(names):  # already the target size: decode in place, no copy
+                    decode_jpeg(raw.members[name], dst[i])
+                dst[len(names) :] = 0
+            else:
+                frames = []
+                for name in names:
+                    frames.append(decode_jpeg(raw.members[name]))
+                name = ""
+                frames_to_hwc(frames, dst, augment=aug)
         except ValueError as e:
-            self.errors.report("corrupt_jpeg", raw.url, raw.key, str(e))
+            self.errors.report("corrupt_jpeg", raw.url, raw.key, f"{name}: {e}" if name else str(e))
             return None
-        ids, tmask = tokenize(text, self.tokenizer, cfg.max_words)
         vid = meta.get("video_id", raw.key)
         return {
-            "frames": video,
-            "frame_mask": fmask,
-            "text_ids": ids,
-            "text_mask": tmask,
+            "frames": out,
+            "num_frames": len(names),
+            "tokens": self._tokens(text),
             "key": raw.key.rpartition("/")[2],
             "video_id": str(vid),
             "caption_index": ci,
@@ -467,38 +562,19 @@ class _SlotReader:
             "sample_index": unit.uid,
         }
 
-    def _new_batch_frames(self) -> torch.Tensor:
-        """Uninitialised [B,T,3,H,W] batch tensor; in a worker it lives in shared memory (no copy on transfer)."""
-        cfg = self.cfg
-        h, w = cfg.frame_hw()
-        shape = (self.plan.batch_size, cfg.num_frames, 3, h, w)
-        dtype = torch.uint8 if cfg.output == "uint8" else torch.float32
-        if get_worker_info() is None:
-            return torch.empty(shape, dtype=dtype)
-        numel = 1
-        for d in shape:
-            numel *= d
-        try:  # what torch's default_collate does: allocate straight in shared memory
-            storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
-        except (AttributeError, RuntimeError):  # pragma: no cover - private API moved
-            return torch.empty(shape, dtype=dtype).share_memory_()
-        return torch.empty(0, dtype=dtype).set_(storage).view(shape)
-
     def _substitute(self, last_good: tuple[Unit, _Raw, int] | None, out: torch.Tensor) -> dict[str, Any]:
         """A padding row for a unit that could not be delivered: the last good sample again (decoded anew from
-        its raw bytes, so nothing the consumer did to an earlier batch leaks in), else a blank row."""
+        its raw bytes into this row), else a blank row."""
         self.replaced += 1
         if last_good is not None:
             sample = self._decode(*last_good, out)
             if sample is not None:
                 return dict(sample, is_pad=True)
         out.zero_()
-        ids, tmask = tokenize("", self.tokenizer, self.cfg.max_words)
         return {
             "frames": out,
-            "frame_mask": torch.zeros(self.cfg.num_frames, dtype=torch.long),
-            "text_ids": ids,
-            "text_mask": tmask,
+            "num_frames": 0,
+            "tokens": self._tokens(""),
             "key": "",
             "video_id": "",
             "caption_index": -1,
@@ -517,6 +593,53 @@ class _SlotReader:
             self._retries_seen = r
         return out
 
+    def _tokens(self, text: str) -> list[int]:
+        """``[SOT] + bpe(text)[: L - 2] + [EOT]`` (what :func:`shards.transforms.tokenize` pads to L)."""
+        tok = self.tokenizer
+        return [tok.sot_token_id, *tok.encode(text)[: self.cfg.max_words - 2], tok.eot_token_id]
+
+    def _finish(
+        self, samples: list[dict[str, Any]], wire: torch.Tensor, tag: tuple[int, int, int] | None
+    ) -> dict[str, Any]:
+        """The batch dict (keys of :data:`shards.transforms.BATCH_KEYS`), built with one array per field."""
+        cfg = self.cfg
+        n = len(samples)
+        if wire.shape[0] != n:
+            raise RuntimeError(f"wire batch has {wire.shape[0]} rows for {n} samples")
+        ids = np.zeros((n, cfg.max_words), dtype=np.int64)
+        text_len = np.empty(n, dtype=np.int64)
+        for i, s in enumerate(samples):
+            tokens = s["tokens"]
+            ids[i, : len(tokens)] = tokens
+            text_len[i] = len(tokens)
+        frames_n = np.array([s["num_frames"] for s in samples], dtype=np.int64)
+        out: dict[str, Any] = {
+            "frames": wire,
+            "frame_mask": torch.from_numpy((np.arange(cfg.num_frames) < frames_n[:, None]).astype(np.int64)),
+            "text_ids": torch.from_numpy(ids),
+            "text_mask": torch.from_numpy((np.arange(cfg.max_words) < text_len[:, None]).astype(np.int64)),
+            "keys": [s["key"] for s in samples],
+            "video_ids": [s["video_id"] for s in samples],
+            "caption_index": torch.tensor([s["caption_index"] for s in samples], dtype=torch.long),
+            "is_pad": torch.tensor([s["is_pad"] for s in samples], dtype=torch.bool),
+            "sample_index": torch.tensor([s["sample_index"] for s in samples], dtype=torch.long),
+        }
+        out[_ERRORS_KEY] = self._error_delta()
+        if cfg.convert_in == "main":
+            out[_WIRE_KEY] = tag
+            if tag is not None and tag[1] >= 0:
+                del out["frames"]  # the main process reads its own mapping of the ring buffer
+            return out
+        h, w = cfg.frame_hw()
+        dtype = torch.uint8 if cfg.output == "uint8" else torch.float32
+        dst = _alloc((len(samples), cfg.num_frames, 3, h, w), dtype)
+        out["frames"] = frames_from_hwc(
+            wire, out["frame_mask"], output=cfg.output, normalize=cfg.normalize, out=dst
+        )
+        if tag is not None and tag[1] >= 0:
+            self.ring.release[tag[1]] = tag[2] + 1  # converted here: the wire buffer is free again
+        return out
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         plan, bs = self.plan, self.plan.batch_size
         units = plan.slot_units(self.rank, self.worker)
@@ -530,6 +653,7 @@ class _SlotReader:
         ptr = 0
         batch: list[dict[str, Any]] = []
         frames: torch.Tensor | None = None
+        tag: tuple[int, int, int] | None = None
         last_good: tuple[Unit, _Raw, int] | None = None
         for idx, item in self._raw_stream(units, needed):
             held[idx] = item
@@ -537,7 +661,7 @@ class _SlotReader:
                 i = remaining[ptr]
                 got = held.pop(i)
                 if frames is None:
-                    frames = self._new_batch_frames()
+                    frames, tag = self.ring.take()
                 row = frames[len(batch)]
                 sample = self._decode(units[i], got, start + ptr, row) if isinstance(got, _Raw) else None
                 if sample is None:
@@ -547,10 +671,10 @@ class _SlotReader:
                 batch.append(sample)
                 ptr += 1
                 if len(batch) == bs:
-                    out = collate(batch, frames)
-                    out[_ERRORS_KEY] = self._error_delta()
-                    yield out
-                    batch, frames = [], None
+                    yield self._finish(batch, frames, tag)
+                    batch, frames, tag = [], None, None
+        log.debug("slot (%d, %d): %d of %d batches needed a fresh wire buffer", self.rank, self.worker,
+                  self.ring.fresh, self.ring.seq)  # fmt: skip
         if ptr != len(remaining):  # cannot happen: every needed unit is produced or marked failed
             raise RuntimeError(f"slot ({self.rank}, {self.worker}) delivered {ptr} of {len(remaining)} units")
 
@@ -559,11 +683,19 @@ class _EpochDataset(IterableDataset):
     """One rank's epoch as an IterableDataset of ready batches (use with ``batch_size=None``)."""
 
     def __init__(
-        self, cfg: LoaderConfig, plan: EpochPlan, urls: list[str], tokenizer: Tokenizer, rank: int, start: int
+        self,
+        cfg: LoaderConfig,
+        plan: EpochPlan,
+        urls: list[str],
+        tokenizer: Tokenizer,
+        rank: int,
+        start: int,
+        wires: _WireSet,
     ) -> None:
         super().__init__()
         self.cfg, self.plan, self.urls, self.tokenizer = cfg, plan, urls, tokenizer
         self.rank, self.start = rank, start
+        self.wires = wires  # buffers + release table per DataLoader worker (shared memory): see _WireRing
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -574,10 +706,62 @@ class _EpochDataset(IterableDataset):
         first = worker_batches_consumed(self.start, worker, w_count)
         if first >= self.plan.worker_num_batches(worker):
             return iter(())
-        return iter(_SlotReader(self.cfg, self.plan, self.urls, self.tokenizer, self.rank, worker, first))
+        return iter(
+            _SlotReader(
+                self.cfg, self.plan, self.urls, self.tokenizer, self.rank, worker, first,
+                _WireRing(self.wires.buffers[dl_worker], self.wires.release[dl_worker], dl_worker),
+            )
+        )  # fmt: skip
 
 
 # -- the loader -----------------------------------------------------------------------------------------------
+
+
+def _shared_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array in anonymous MAP_SHARED memory: forking DataLoader workers does not make it copy-on-write, so
+    the main process keeps writing into it without a page fault per page after every epoch's fork."""
+    count = 1
+    for d in shape:
+        count *= d
+    mem = mmap.mmap(-1, max(1, count * dtype.itemsize))
+    return np.frombuffer(mem, dtype=dtype, count=count).reshape(shape)
+
+
+class _BufferPool:
+    """Output batch buffers reused once nothing outside the pool references them.
+
+    Buffers are numpy arrays (see :func:`_shared_array`) handed out through ``torch.from_numpy``: the tensor's storage holds a reference to
+    the array, and so does every view, storage, ``.numpy()`` array or DLPack capsule derived from it. A reference
+    count of "the pool only" therefore proves that no batch the caller might still use shares the memory; such a
+    buffer is handed out again, any other is left alone. The ``keep`` newest buffers are retained (an older one
+    the caller still holds simply stops being the pool's).
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._arrays: list[np.ndarray] = []
+        # read like an entry, so its reference count is the baseline of an unreferenced buffer
+        self._probe = [np.empty(0)]
+        self.reused = 0
+
+    def get(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        np_dtype = np.dtype(np.uint8) if dtype == torch.uint8 else np.dtype(np.float32)
+        if dtype not in (torch.uint8, torch.float32):
+            raise ValueError(f"buffer dtype must be uint8 or float32, got {dtype}")
+        free = sys.getrefcount(self._probe[0])
+        for i in range(len(self._arrays)):
+            if sys.getrefcount(self._arrays[i]) == free:
+                if self._arrays[i].shape == shape and self._arrays[i].dtype == np_dtype:
+                    self.reused += 1
+                    return torch.from_numpy(self._arrays[i])
+        arr = _shared_array(shape, np_dtype)
+        if self.keep > 0:  # keep the newest: a buffer the caller holds on to must not block the pool for good
+            self._arrays = [*self._arrays[-(self.keep - 1) :], arr] if self.keep > 1 else [arr]
+        return torch.from_numpy(arr)
+
+    def clear(self) -> None:
+        """Drop the pool's references (buffers still held by the caller stay valid)."""
+        self._arrays = []
 
 
 class ShardLoader:
@@ -610,6 +794,8 @@ class ShardLoader:
         self._consumed = 0  # batches delivered in the current epoch
         self._plan: EpochPlan | None = None
         self._stats: Counter[str] = Counter({k: 0 for k in ERROR_KINDS})
+        self._pool = _BufferPool(cfg.output_buffers)
+        self._idle_wires: _WireSet | None = None
         if state is not None:
             self.load_state_dict(state)
 
@@ -647,24 +833,82 @@ class ShardLoader:
             if c.mp_context:
                 kw["multiprocessing_context"] = c.mp_context
         # batch_size=None: workers yield ready batches; in_order keeps the round-robin order of the plan.
-        return DataLoader(dataset, batch_size=None, num_workers=c.num_workers, pin_memory=c.pin_memory, **kw)
+        # Converting in the main process, we pin the output ourselves (pinning the wire batch would be a copy).
+        pin = c.pin_memory and c.convert_in == "worker"
+        return DataLoader(dataset, batch_size=None, num_workers=c.num_workers, pin_memory=pin, **kw)
+
+    def _pinning(self) -> bool:
+        return self.cfg.pin_memory and self.cfg.convert_in == "main" and torch.cuda.is_available()
+
+    def _take_wires(self, plan: EpochPlan) -> _WireSet:
+        """The wire buffers for a new iteration: the set of a completed earlier one when the layout matches
+        (never one whose producers might still run, e.g. of an iteration abandoned half-way), else a new set."""
+        c = self.cfg
+        h, w = c.frame_hw()
+        # a worker has at most prefetch_factor batches queued, one being filled and one being converted
+        slots = max(1, c.prefetch_factor + _RING_SPARE) if c.num_workers > 0 else 1
+        key = (max(1, c.num_workers), slots, (plan.batch_size, c.num_frames, h, w, 3), c.num_workers > 0)
+        wires, self._idle_wires = self._idle_wires, None
+        if wires is not None and wires.key == key:
+            wires.reset()
+            return wires
+        return _WireSet(*key)
+
+    def _convert(self, wire: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The output frames of a wire batch (see the module docstring), in a reused or pinned buffer."""
+        c = self.cfg
+        b, t, h, w, _ = wire.shape
+        dtype = torch.uint8 if c.output == "uint8" else torch.float32
+        if self._pinning():
+            out = torch.empty((b, t, 3, h, w), dtype=dtype, pin_memory=True)
+        elif c.output_buffers > 0:
+            out = self._pool.get((b, t, 3, h, w), dtype)
+        else:
+            out = None
+        return frames_from_hwc(wire, frame_mask, output=c.output, normalize=c.normalize, out=out)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         plan = self.plan()
         start = self._start
         self._consumed = start
-        dataset = _EpochDataset(self.cfg, plan, self.urls, self.tokenizer, self.rank, start)
-        source = iter(dataset) if self.cfg.num_workers == 0 else iter(self._dataloader(dataset))
-        for batch in source:
-            self._stats.update(batch.pop(_ERRORS_KEY, {}))
-            # counted before the caller sees the batch: a checkpoint taken while it is processed excludes it
-            self._consumed += 1
-            yield batch
+        c = self.cfg
+        wires = self._take_wires(plan)
+        dataset = _EpochDataset(c, plan, self.urls, self.tokenizer, self.rank, start, wires)
+        source = iter(dataset) if c.num_workers == 0 else iter(self._dataloader(dataset))
+        finished = False
+        try:
+            for batch in source:
+                self._stats.update(batch.pop(_ERRORS_KEY, {}))
+                tag = batch.pop(_WIRE_KEY, None)
+                if tag is not None:
+                    producer, slot, seq = tag
+                    wire = batch["frames"] if slot < 0 else wires.buffers[producer][slot]
+                    batch["frames"] = self._convert(wire, batch["frame_mask"])
+                    if slot >= 0:
+                        wires.release[producer, slot] = seq + 1  # converted: the worker may refill it now
+                    del wire
+                    if self._pinning():
+                        for k, v in batch.items():
+                            if isinstance(v, torch.Tensor) and k != "frames":
+                                batch[k] = v.pin_memory()
+                # counted before the caller sees the batch: a checkpoint taken while it is processed excludes it
+                self._consumed += 1
+                yield batch
+            finished = True
+        finally:
+            if finished:  # every producer is done (the DataLoader joined its workers): reusable next epoch
+                self._idle_wires = wires
         if self._consumed != plan.batches_per_rank:
             raise RuntimeError(
                 f"rank {self.rank} delivered {self._consumed} batches, planned {plan.batches_per_rank}"
             )
         self._start = 0  # the epoch is complete; iterating again replays it from the start
+
+    def release_buffers(self) -> None:
+        """Drop the reusable output and idle wire buffers (batches the caller holds stay valid); they are
+        allocated again by the next iteration."""
+        self._pool.clear()
+        self._idle_wires = None
 
     def stats(self) -> dict[str, int]:
         """Skipped data by kind (plus ``replaced_units`` rows filled by repeats and ``s3_retries``)."""

@@ -16,6 +16,13 @@ Output ``uint8`` keeps 0..255; ``float`` gives ``x / 255`` and, with ``normalize
 with CLIP's mean (0.48145466, 0.4578275, 0.40821073) and std (0.26862954, 0.26130258, 0.27577711) per channel.
 Padded frames are 0 in the output space.
 
+Batch layout on the way (see :mod:`shards.reader`). Workers decode JPEG frames straight into a uint8 "wire" batch
+``[B,T,H,W,3]`` (HWC, the decoder's own layout: no transposing copy in the worker) and the loader's main process
+turns it into the output ``[B,T,3,H,W]`` with :func:`frames_from_hwc`, one clip at a time so that the float
+affine pass runs on data still in cache. Float output therefore always equals the normalised uint8 output, also
+for frames that were resized or augmented (their float geometry is rounded to 0..255 first, as a PIL/uint8
+pipeline does); the quantisation is below 0.5/255 per pixel.
+
 Text. ``ids = [SOT] + bpe(caption)[: L - 2] + [EOT]`` then zeros to length L; ``mask`` is 1 on SOT..EOT.
 """
 
@@ -41,10 +48,13 @@ __all__ = [
     "default_tokenizer",
     "tokenize",
     "decode_jpeg",
+    "jpeg_size",
     "select_frames",
     "AugmentParams",
     "sample_augment",
     "frames_to_tensor",
+    "frames_to_hwc",
+    "frames_from_hwc",
     "parse_meta",
     "collate",
     "BATCH_KEYS",
@@ -93,25 +103,74 @@ def tokenize(text: str, tokenizer: Tokenizer, max_words: int) -> tuple[torch.Ten
     return ids, mask
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """RGB uint8 [H,W,3] from JPEG bytes; ``ValueError`` if the bytes are not a decodable JPEG."""
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` from a JPEG's header (nothing is decoded); ``ValueError`` if it is not a JPEG."""
     try:
         import simplejpeg
 
-        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        return int(h), int(w)
     except ImportError:  # pragma: no cover - simplejpeg is a dependency
         pass
-    except Exception as e:  # simplejpeg raises ValueError/RuntimeError on corrupt data
+    except Exception as e:
         raise ValueError(f"corrupt JPEG ({len(data)} bytes): {e}") from e
+    from PIL import Image  # pragma: no cover
+
+    try:  # pragma: no cover
+        with Image.open(io.BytesIO(data)) as im:
+            return im.height, im.width
+    except Exception as e:  # pragma: no cover
+        raise ValueError(f"corrupt JPEG ({len(data)} bytes): {e}") from e
+
+
+def decode_jpeg(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 [H,W,3] from JPEG bytes; ``ValueError`` if the bytes are not a decodable JPEG.
+
+    ``out``: a C-contiguous writable uint8 [H,W,3] array of exactly the image's size (see :func:`jpeg_size`) to
+    decode into without allocating (e.g. one frame of a shared batch buffer); it is returned filled.
+    ``ValueError`` when its shape is not the image's (its content is then undefined).
+    """
+    if out is not None and (
+        out.dtype != np.uint8 or out.ndim != 3 or out.shape[2] != 3 or not out.flags.c_contiguous
+    ):
+        raise ValueError(f"out must be a C-contiguous uint8 [H,W,3] array, got {out.dtype} {list(out.shape)}")
+    try:
+        import simplejpeg
+
+        if out is None:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        got = simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)  # no header pass: checked below
+    except ImportError:  # pragma: no cover - simplejpeg is a dependency
+        got = None
+    except Exception as e:  # simplejpeg raises ValueError/RuntimeError on corrupt data or a too small buffer
+        if out is not None:
+            _check_size(data, out)
+        raise ValueError(f"corrupt JPEG ({len(data)} bytes): {e}") from e
+    if got is not None:
+        if got.shape != out.shape:
+            _check_size(data, out)
+        return out
     from PIL import Image  # pragma: no cover
 
     try:  # pragma: no cover
         with Image.open(io.BytesIO(data)) as im:
             if im.format != "JPEG":
                 raise ValueError(f"not a JPEG but {im.format}")
-            return np.asarray(im.convert("RGB"))
+            arr = np.asarray(im.convert("RGB"))
     except Exception as e:  # pragma: no cover
         raise ValueError(f"corrupt JPEG ({len(data)} bytes): {e}") from e
+    if out is None:  # pragma: no cover
+        return arr
+    _check_size(data, out)  # pragma: no cover
+    out[...] = arr  # pragma: no cover
+    return out  # pragma: no cover
+
+
+def _check_size(data: bytes, out: np.ndarray) -> None:
+    """``ValueError`` naming both sizes when the JPEG is not ``out``'s size (or not a JPEG)."""
+    h, w = jpeg_size(data)
+    if out.shape != (h, w, 3):
+        raise ValueError(f"JPEG is {h}x{w}x3, out buffer is {out.dtype} {list(out.shape)}")
 
 
 def select_frames(members: dict[str, Any], num_frames: int) -> list[str]:
@@ -179,6 +238,49 @@ def _affine(output: str, normalize: bool) -> tuple[torch.Tensor, torch.Tensor] |
 _AFFINE_CACHE: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor] | None] = {}
 
 
+def _affine_cached(output: str, normalize: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    key = (output, normalize)
+    if key not in _AFFINE_CACHE:
+        _AFFINE_CACHE[key] = _affine(output, normalize)
+    return _AFFINE_CACHE[key]
+
+
+def _check_frames(frames: list[np.ndarray], num_frames: int) -> None:
+    t = len(frames)
+    if t == 0 or t > num_frames:
+        raise ValueError(f"need 1..{num_frames} frames, got {t}")
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise ValueError(f"frames of one clip differ in size: {sorted(shapes)}")
+
+
+def _geometry(
+    frames: list[np.ndarray], frame_size: tuple[int, int], augment: AugmentParams | None
+) -> torch.Tensor | None:
+    """Float 0..255 [t,3,H,W] after resize + centre crop or augmentation; ``None`` when the frames already have
+    the target size and there is no augmentation (they are then used as they are)."""
+    h_out, w_out = frame_size
+    h, w = frames[0].shape[:2]
+    if augment is None and (h, w) == (h_out, w_out):
+        return None
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)  # [t,3,h,w] uint8, a strided view
+    if augment is not None:
+        ch, cw = max(1, round(augment.height * h)), max(1, round(augment.width * w))
+        top, left = min(h - ch, round(augment.top * h)), min(w - cw, round(augment.left * w))
+        xf = _resize(x[..., top : top + ch, left : left + cw].float(), (h_out, w_out))
+        if augment.flip:
+            xf = xf.flip(-1)
+        xf = xf * augment.brightness
+        mean = xf.mean(dim=(1, 2, 3), keepdim=True)
+        xf = (xf - mean) * augment.contrast + mean
+        gray = (0.299 * xf[:, 0:1] + 0.587 * xf[:, 1:2] + 0.114 * xf[:, 2:3]).expand_as(xf)
+        return ((xf - gray) * augment.saturation + gray).clamp(0, 255)
+    scale = max(h_out / h, w_out / w)
+    rh, rw = max(h_out, round(h * scale)), max(w_out, round(w * scale))
+    top, left = (rh - h_out) // 2, (rw - w_out) // 2
+    return _resize(x.float(), (rh, rw))[..., top : top + h_out, left : left + w_out].clamp(0, 255)
+
+
 def frames_to_tensor(
     frames: list[np.ndarray],
     *,
@@ -192,16 +294,13 @@ def frames_to_tensor(
     """Stack decoded frames (each [h,w,3] uint8, same size) into ``(video [T,3,H,W], mask long [T])``.
 
     ``out`` (optional, [T,3,H,W] of the output dtype) is filled in place, e.g. a row of a shared batch tensor.
-    Float output is computed in one strided copy plus one fused affine pass: ``x * 1/(255 std) - mean/std``.
+    Float output is computed in one strided copy plus one fused affine pass: ``x * 1/(255 std) - mean/std``
+    (resized / augmented frames are not rounded here; the loader itself goes through :func:`frames_to_hwc`).
     """
     if output not in ("uint8", "float"):
         raise ValueError(f"output must be 'uint8' or 'float', got {output!r}")
+    _check_frames(frames, num_frames)
     t = len(frames)
-    if t == 0 or t > num_frames:
-        raise ValueError(f"need 1..{num_frames} frames, got {t}")
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1:
-        raise ValueError(f"frames of one clip differ in size: {sorted(shapes)}")
     h_out, w_out = frame_size
     dtype = torch.uint8 if output == "uint8" else torch.float32
     if out is None:
@@ -210,44 +309,88 @@ def frames_to_tensor(
         raise ValueError(
             f"out must be {dtype} [{num_frames},3,{h_out},{w_out}], got {out.dtype} {list(out.shape)}"
         )
-    h, w = frames[0].shape[:2]
-    xf: torch.Tensor | None = None  # float 0..255 when geometry had to be computed in float
-    direct = augment is None and (h, w) == (h_out, w_out)
-    # [t,3,h,w] uint8 (a strided view); frames are copied straight into `out` when no geometry is needed
-    x = None if direct else torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    if augment is not None and x is not None:
-        ch, cw = max(1, round(augment.height * h)), max(1, round(augment.width * w))
-        top, left = min(h - ch, round(augment.top * h)), min(w - cw, round(augment.left * w))
-        xf = _resize(x[..., top : top + ch, left : left + cw].float(), (h_out, w_out))
-        if augment.flip:
-            xf = xf.flip(-1)
-        xf = xf * augment.brightness
-        mean = xf.mean(dim=(1, 2, 3), keepdim=True)
-        xf = (xf - mean) * augment.contrast + mean
-        gray = (0.299 * xf[:, 0:1] + 0.587 * xf[:, 1:2] + 0.114 * xf[:, 2:3]).expand_as(xf)
-        xf = ((xf - gray) * augment.saturation + gray).clamp(0, 255)
-    elif x is not None:
-        scale = max(h_out / h, w_out / w)
-        rh, rw = max(h_out, round(h * scale)), max(w_out, round(w * scale))
-        top, left = (rh - h_out) // 2, (rw - w_out) // 2
-        xf = _resize(x.float(), (rh, rw))[..., top : top + h_out, left : left + w_out].clamp(0, 255)
-
+    xf = _geometry(frames, frame_size, augment)
     real = out[:t]
-    if direct:
+    if xf is None:
         for i, f in enumerate(frames):
             real[i].copy_(torch.from_numpy(f).permute(2, 0, 1))
-    elif xf is not None:
+    else:
         real.copy_(xf.round() if output == "uint8" else xf)
-    if output == "float":
-        key = (output, normalize)
-        if key not in _AFFINE_CACHE:
-            _AFFINE_CACHE[key] = _affine(output, normalize)
-        scale_t, bias_t = _AFFINE_CACHE[key]  # type: ignore[misc]
-        real.mul_(scale_t).add_(bias_t)
+    affine = _affine_cached(output, normalize)
+    if affine is not None:
+        real.mul_(affine[0]).add_(affine[1])
     out[t:].zero_()
     mask = torch.zeros(num_frames, dtype=torch.long)
     mask[:t] = 1
     return out, mask
+
+
+def frames_to_hwc(frames: list[np.ndarray], out: np.ndarray, *, augment: AugmentParams | None = None) -> int:
+    """Resize + centre-crop (or augment) decoded frames into ``out`` (uint8 [T,H,W,3], HWC, e.g. one row of a
+    wire batch), rounded to 0..255; rows ``t..T-1`` are zeroed. Returns ``t = len(frames)``.
+
+    Same geometry as :func:`frames_to_tensor`, so ``frames_from_hwc`` of the result equals ``frames_to_tensor``'s
+    uint8 output. Frames already of size H x W without augmentation are copied as they are.
+    """
+    if out.ndim != 4 or out.shape[-1] != 3 or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 [T,H,W,3], got {out.dtype} {list(out.shape)}")
+    _check_frames(frames, out.shape[0])
+    t = len(frames)
+    xf = _geometry(frames, (out.shape[1], out.shape[2]), augment)
+    if xf is None:
+        for i, f in enumerate(frames):
+            out[i] = f
+    else:
+        torch.from_numpy(out[:t]).copy_(xf.round().permute(0, 2, 3, 1))
+    out[t:] = 0
+    return t
+
+
+def frames_from_hwc(
+    wire: torch.Tensor,
+    frame_mask: torch.Tensor,
+    *,
+    output: str = "float",
+    normalize: bool = True,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The output batch ``[B,T,3,H,W]`` from a uint8 wire batch ``wire [B,T,H,W,3]`` (HWC).
+
+    uint8: ``out = wire`` transposed (frame by frame); float: ``out = wire * 1/(255 std) - mean/std`` (or ``wire / 255`` without
+    ``normalize``), computed one clip at a time (a transposing uint8->float copy, then the in-place affine pass
+    while the clip is still in cache). Frames where ``frame_mask [B,T]`` is 0 are 0 in the output.
+    ``out``: optional preallocated ``[B,T,3,H,W]`` tensor of the output dtype (contiguous) to fill.
+    """
+    if output not in ("uint8", "float"):
+        raise ValueError(f"output must be 'uint8' or 'float', got {output!r}")
+    if wire.dtype != torch.uint8 or wire.dim() != 5 or wire.shape[-1] != 3:
+        raise ValueError(f"wire must be uint8 [B,T,H,W,3], got {wire.dtype} {list(wire.shape)}")
+    b, t, h, w, _ = wire.shape
+    if tuple(frame_mask.shape) != (b, t):
+        raise ValueError(f"frame_mask must be [{b},{t}], got {list(frame_mask.shape)}")
+    dtype = torch.uint8 if output == "uint8" else torch.float32
+    if out is None:
+        out = torch.empty(b, t, 3, h, w, dtype=dtype)
+    elif tuple(out.shape) != (b, t, 3, h, w) or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(
+            f"out must be contiguous {dtype} [{b},{t},3,{h},{w}], got {out.dtype} {list(out.shape)}"
+        )
+    chw = wire.permute(0, 1, 4, 2, 3)
+    affine = _affine_cached(output, normalize)
+    if affine is None:  # numpy's transposing byte copy is about twice as fast as torch's here
+        dst, src = out.numpy().reshape(b * t, 3, h, w), wire.numpy().reshape(b * t, h, w, 3)
+        for i in range(b * t):
+            np.copyto(dst[i], src[i].transpose(2, 0, 1))
+    else:
+        scale, bias = affine
+        for i in range(b):
+            clip = out[i]
+            clip.copy_(chw[i])
+            clip.mul_(scale).add_(bias)
+    pad = frame_mask == 0
+    if bool(pad.any()):
+        out[pad] = 0
+    return out
 
 
 def parse_meta(members: dict[str, bytes]) -> tuple[str, list[str], dict[str, Any]]:

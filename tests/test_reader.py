@@ -205,7 +205,9 @@ def test_resume_skips_without_decoding(split, tokenizer, monkeypatch):
 
     calls = []
     real_decode = reader_mod.decode_jpeg
-    monkeypatch.setattr(reader_mod, "decode_jpeg", lambda data: calls.append(1) or real_decode(data))
+    monkeypatch.setattr(
+        reader_mod, "decode_jpeg", lambda data, *out: calls.append(1) or real_decode(data, *out)
+    )
     resumed = build_loader(
         cfg, rank=1, world_size=2, state=json.loads(json.dumps(state)), tokenizer=tokenizer
     )
