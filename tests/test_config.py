@@ -99,9 +99,9 @@ def test_yaml11_exponent_strings_become_floats():
         (["optim.lr"], None, "override 'optim.lr' is not of the form section.key=value"),
         (["loss.kind=triplet"], None, "LossConfig.kind='triplet'"),
         (
-            ["run.mixed_precision=no"],
+            ["run.mixed_precision=yes"],
             None,
-            "run.mixed_precision: expected a string, got bool False (YAML reads",
+            "run.mixed_precision: expected a string, got bool True (YAML reads",
         ),
         (["model.max_frames=0"], None, "model.max_frames must be >= 1"),
     ],
@@ -110,6 +110,12 @@ def test_bad_keys_and_types_are_named(overrides, text, expected):
     with pytest.raises(ConfigError) as err:
         config_from_yaml_text(text or "{}", overrides)
     assert expected in str(err.value)
+
+
+def test_unquoted_no_means_no_mixed_precision():
+    # YAML 1.1 reads `no` as False; for this one field it can only mean the string "no"
+    assert config_from_yaml_text("run: {mixed_precision: no}").run.mixed_precision == "no"
+    assert config_from_yaml_text("{}", ["run.mixed_precision=no"]).run.mixed_precision == "no"
 
 
 def test_not_a_mapping_and_missing_file(tmp_path):

@@ -495,3 +495,16 @@ def test_bank_weight_checkpoint_changes_nothing(monkeypatch):
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-12, rtol=0)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_identical_clips_give_a_finite_neighbor_loss():
+    # every candidate equally similar: the official min-max divides 0 by 0 (NaN); here such rows normalise to 0
+    sim = torch.full((5, 5), 0.3, requires_grad=True)
+    zeta = torch.full((5,), 0.1)
+    region = ~torch.eye(5, dtype=torch.bool)
+    assert torch.equal(minmax_normalize(sim.detach(), region), torch.zeros(5, 5))
+    loss = neighbor_loss_direction(sim, zeta, k=2)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(sim.grad).all()
+    # with equal logits the restricted softmax over self + 2 neighbours is uniform: -log(1/3) for every term
+    assert loss.item() == pytest.approx(math.log(3), abs=1e-6)

@@ -413,6 +413,9 @@ def config_from_yaml_text(
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(tree).__name__}")
     apply_overrides(tree, parse_overrides(overrides or []))
+    run = tree.get("run")
+    if isinstance(run, dict) and run.get("mixed_precision") is False:
+        run["mixed_precision"] = "no"  # YAML 1.1 reads an unquoted `no` as the boolean False
     return from_dict(TrainConfig, tree)
 
 
@@ -434,7 +437,12 @@ def save_config(cfg: TrainConfig, path: str) -> None:
     import tempfile
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    tree = to_dict(cfg)
+    storage = tree.get("data", {}).get("storage") or {}
+    for secret in ("key", "secret"):  # never write credentials into run folders; readers fall back to AWS_* env
+        if storage.get(secret):
+            storage[secret] = None
+    text = yaml.safe_dump(tree, sort_keys=False)
     fd, tmp = tempfile.mkstemp(prefix=".config.", dir=os.path.dirname(os.path.abspath(path)))
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)

@@ -266,6 +266,8 @@ def load_clip_weights(
             buffers = {name for name, _ in model.named_buffers()}
             for key in [*_OPENAI_EXTRA_KEYS, *(k for k in buffers if k not in persistent)]:
                 state.pop(key, None)
+            # OpenAI archives are fp16; interpolation kernels on CPU have no Half version, so cast first
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
             resize_pos_embed(state, model)
             resize_text_pos_embed(state, model)
             result = model.load_state_dict(state, strict=False)

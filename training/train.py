@@ -405,6 +405,13 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
                         cfg=cfg.loss,
                         bank=bank if use_bank and len(bank) > 0 else None,
                     )
+                    if not torch.isfinite(losses["total"]):
+                        # the losses are computed on the gathered batch, so every rank stops here together
+                        terms = {k: float(v.detach()) for k, v in losses.items()}
+                        raise FloatingPointError(
+                            f"non-finite loss at step {progress.step + 1} (epoch {epoch}): {terms}; "
+                            f"batch keys {list(batch['keys'])[:8]}"
+                        )
                     accelerator.backward(losses["total"])
                     grad_norm = None
                     if accelerator.sync_gradients and cfg.optim.grad_clip > 0:

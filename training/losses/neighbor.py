@@ -45,11 +45,15 @@ def neighbor_sets(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def minmax_normalize(values: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """Row-wise (x - min_R x) / (max_R x - min_R x), min/max over the True entries of ``region`` [B, B]."""
+    """Row-wise (x - min_R x) / max(max_R x - min_R x, eps), min/max over the True entries of ``region`` [B, B].
+
+    ``eps`` (1e-12) only matters for a degenerate row whose region holds equal values (e.g. identical clips), where
+    the official code divides 0 by 0 and the loss becomes NaN; such a row normalises to 0 instead.
+    """
     big = torch.finfo(values.dtype).max
     lo = values.masked_fill(~region, big).amin(dim=1, keepdim=True)
     hi = values.masked_fill(~region, -big).amax(dim=1, keepdim=True)
-    return (values - lo) / (hi - lo)
+    return (values - lo) / (hi - lo).clamp_min(1e-12)
 
 
 def neighbor_loss_direction(
