@@ -467,6 +467,21 @@ def _load_embeddings(folder: Path, rows_per_chunk: int | None = None) -> ScoreSe
     )
 
 
+def save_bank(
+    path: str | os.PathLike, scores: np.ndarray, query_ids: Iterable[str], gallery_ids: Iterable[str]
+) -> Path:
+    """Validate and write a query-bank file: ``scores`` [n_bank, G] (bank texts x test gallery), ``query_ids``,
+    ``gallery_ids`` (what :func:`load_bank` reads). Atomic like :func:`save_scores`."""
+    path = Path(path)
+    s = _check_scores(np.asarray(scores, dtype=np.float32), str(path))
+    qids = np.asarray(list(query_ids)).astype(str)
+    gids = np.asarray(list(gallery_ids)).astype(str)
+    _check_ids(qids, s.shape[0], "query_ids", str(path))
+    _check_ids(gids, s.shape[1], "gallery_ids", str(path))
+    _atomic_savez(path, {"scores": s, "query_ids": qids, "gallery_ids": gids})
+    return path
+
+
 def load_bank(path: str | os.PathLike, gallery_ids: np.ndarray) -> np.ndarray:
     """Load a query-bank score matrix [n_bank, G] against a test gallery.
 

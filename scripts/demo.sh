@@ -163,7 +163,7 @@ if [ $COMPARE = 1 ]; then
     ck="$OUT/runs/$sys/best"
     $PY -m training.score --checkpoint "$ck" --split val --out "$OUT/scores/${sys}_val.npz"
     for split in test val; do
-      $PY scripts/demo_scores.py --checkpoint "$ck" --queries train --gallery "$split" \
+      $PY -m training.score --checkpoint "$ck" --split "$split" --queries train \
         --out "$OUT/scores/${sys}_bank_${split}.npz"
     done
   done

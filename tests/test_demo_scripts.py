@@ -26,7 +26,6 @@ def _load(name: str):
 
 
 summary = _load("demo_summary")
-scores_mod = _load("demo_scores")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -159,36 +158,23 @@ def test_summary_main_reports_missing_report(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# demo_scores.similarity
+# the pooled similarity the baseline is scored with (training.validate)
 # ---------------------------------------------------------------------------------------------------------------
-def _encoded(tokens_t, mask_t, tokens_v, mask_v):
-    from training.validate import Encoded
-
-    q, g = tokens_t.shape[0], tokens_v.shape[0]
-    return Encoded(query_ids=[f"q{i}" for i in range(q)], text_tokens=[tokens_t], text_mask=[mask_t],
-                   text_w=[torch.full(mask_t.shape, 1.0 / mask_t.shape[1])],
-                   gallery_ids=[f"g{j}" for j in range(g)], video_tokens=[tokens_v], video_mask=[mask_v],
-                   video_w=[torch.full(mask_v.shape, 1.0 / mask_v.shape[1])])
-
-
 def test_pooled_similarity_is_cosine_of_eot_and_mean_frame():
+    from training.validate import _pooled_scores
+
     g = torch.Generator().manual_seed(0)
     t = torch.randn(3, 5, 4, generator=g)
     v = torch.randn(2, 6, 4, generator=g)
     mt = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     mv = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])
-    enc = _encoded(t, mt, v, mv)
-    got = scores_mod.similarity(enc, enc, "pooled")
+    got = _pooled_scores(t, mt, v, mv)
     eot = [2, 4, 1]
     vm = [v[0].mean(0), v[1, :2].mean(0)]
     for a in range(3):
         for b in range(2):
             ref = float(torch.nn.functional.cosine_similarity(t[a, eot[a]], vm[b], dim=0))
-            assert got[a, b] == pytest.approx(ref, abs=1e-6)
-    local = scores_mod.similarity(enc, enc, "local")
-    assert local.shape == (3, 2) and np.isfinite(local).all()
-    with pytest.raises(ValueError, match="unknown kind 'dot'"):
-        scores_mod.similarity(enc, enc, "dot")
+            assert float(got[a, b]) == pytest.approx(ref, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------

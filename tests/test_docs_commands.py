@@ -487,6 +487,9 @@ def test_reports_page_runs(sandbox):
     dsl = json.loads((runs / "eval-dsl" / "metrics.json").read_text())
     assert "test/posthoc/dsl/t2v/R@1" in dsl and "test/posthoc/dsl/param/temperature" in dsl
     assert "transductive" in (runs / "eval-dsl" / "report.md").read_text()
+    bank = json.loads((runs / "eval-bank" / "metrics.json").read_text())
+    for method in ("qbnorm", "is", "csls", "nnn"):
+        assert f"test/posthoc/{method}/t2v/R@1" in bank, method
     cmp_ = json.loads((runs / "compare" / "metrics.json").read_text())
     assert "test/compare/infonce/t2v/dR@1" in cmp_ and "test/compare/infonce/v2t/dR@1_p" in cmp_
     assert set(json.loads((runs / "compare" / "comparison.json").read_text())) == {"neighborretr", "infonce"}

@@ -224,9 +224,19 @@ def test_score_distributed_equals_single_process(trained_run, tmp_path):
     # two captions per test video, each relevant to its own video only
     assert a["relevance"].sum(1).tolist() == [1] * 32 and a["relevance"].sum(0).tolist() == [2] * 16
     assert list(a["query_ids"][:2]) == ["test_0000#000", "test_0000#001"]
-    from eval.scores_io import load_scores
+    from eval.scores_io import load_bank, load_scores
 
     assert load_scores(s2).shape == (32, 16)
+    # a query bank (texts of one split x videos of another): with the test texts it must equal the test scores
+    sb = tmp_path / "bank.npz"
+    proc = run_cli(
+        ["training.score", "--run", out, "--split", "test", "--queries", "test", "--out", str(sb)], nproc=1
+    )
+    assert "query bank 32 test texts x 16 videos" in proc.stdout
+    bank = np.load(sb)
+    assert set(bank.files) == {"scores", "query_ids", "gallery_ids"}
+    np.testing.assert_array_equal(bank["query_ids"], b["query_ids"])
+    np.testing.assert_allclose(load_bank(sb, b["gallery_ids"]), b["scores"], atol=1e-6)
     # the best checkpoint's val score file reproduces the logged best metric
     sv = tmp_path / "val.npz"
     run_cli(["training.score", "--run", out, "--split", "val", "--out", str(sv)], nproc=1)

@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train | val | test (the config's data.<split>), a split name under data.root, or a "
         "split folder path/URL (default: test)",
     )
+    p.add_argument(
+        "--queries",
+        default=None,
+        help="take the texts from this split instead (e.g. train): writes a QUERY BANK [n_bank, G] npz "
+        "(scores, query_ids, gallery_ids) for eval's --bank-scores (QB-Norm, IS, CSLS, NNN)",
+    )
     p.add_argument("--out", required=True, help="output scores file (.npz)")
     p.add_argument("--config", help="config YAML (default: the checkpoint's / run's config.yaml)")
     p.add_argument(
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from accelerate import Accelerator
 
-    from eval.scores_io import save_scores
+    from eval.scores_io import save_bank, save_scores
     from training.logging_utils import setup_logging
     from training.validate import metrics_of, resolve_caption_mode, score_split
 
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         location = _location(cfg, args.split)
         url = split_url(cfg.data, location)
+        q_location = _location(cfg, args.queries) if args.queries else None
     except (ConfigError, FileNotFoundError) as e:
         print(f"nr-score: {e}", file=sys.stderr)  # noqa: T201 - CLI output
         return 2
@@ -161,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg, location, purpose="eval", world_size=accelerator.num_processes, caption_mode=mode
         )
         loader = build_loader(lcfg, rank=accelerator.process_index, world_size=accelerator.num_processes)
+        query_loader = None
+        if q_location is not None:
+            qcfg = loader_config(
+                cfg, q_location, purpose="eval", world_size=accelerator.num_processes, caption_mode=mode
+            )
+            query_loader = build_loader(
+                qcfg, rank=accelerator.process_index, world_size=accelerator.num_processes
+            )
         result = score_split(
             model,
             loader,
@@ -170,8 +185,16 @@ def main(argv: list[str] | None = None) -> int:
             autocast=accelerator.autocast,
             progress=accelerator.is_main_process,
             similarity=resolve_similarity(cfg),
+            query_loader=query_loader,
         )
-        if result is not None:
+        if result is not None and query_loader is not None:
+            out = save_bank(args.out, result.scores, result.query_ids, result.gallery_ids)
+            q, g = result.scores.shape
+            print(  # noqa: T201 - CLI output
+                f"nr-score: query bank {q} {args.queries} texts x {g} videos of {url} "
+                f"({resolve_similarity(cfg)} similarity) with {ckpt} -> {out} ({result.seconds:.1f} s)"
+            )
+        elif result is not None:
             out = save_scores(
                 args.out,
                 result.scores,

@@ -205,12 +205,15 @@ def score_split(
     autocast: Any = None,
     progress: bool = False,
     similarity: str = "local",
+    query_loader: Any = None,
 ) -> ScoreResult | None:
     """Encode + score a split across all ranks (collective); rank 0 gets the :class:`ScoreResult`, others
     None.
 
     ``similarity`` ``local``: S^loc, the test-time score of NeighborRetr (method §2.8); ``pooled``: the cosine
     of the EOT text token and the mean of the real frames' tokens (the features the InfoNCE baseline trains).
+    ``query_loader``: take the texts from another split (e.g. training captions as the query bank of QB-Norm,
+    hubness-eval.md §2.1) and the videos from ``loader``; the result then has neither ``gt`` nor ``relevance``.
     """
     if similarity not in ("local", "pooled"):
         raise ValueError(f"score_split: similarity must be 'local' or 'pooled', got {similarity!r}")
@@ -218,6 +221,12 @@ def score_split(
     enc = encode_split(
         model, loader, device=device, caption_mode=caption_mode, autocast=autocast, progress=progress
     )
+    if query_loader is not None:  # texts of another split against this split's videos
+        texts = encode_split(
+            model, query_loader, device=device, caption_mode=caption_mode, autocast=autocast, progress=progress
+        )
+        enc.query_ids, enc.query_video_ids = texts.query_ids, texts.query_video_ids
+        enc.text_tokens, enc.text_mask, enc.text_w = texts.text_tokens, texts.text_mask, texts.text_w
     # 2. gallery on every rank, deduplicated and sorted by key
     video_parts = _all_gather_objects(
         (
@@ -270,7 +279,9 @@ def score_split(
     query_ids = sorted(qrows)
     scores = np.stack([qrows[q][1] for q in query_ids]).astype(np.float32)
     result = ScoreResult(scores=scores, query_ids=query_ids, gallery_ids=gallery_ids)
-    if caption_mode == "all":
+    if query_loader is not None:
+        pass  # a query bank: its texts have no relevant video in this gallery
+    elif caption_mode == "all":
         qv = np.array([qrows[q][0] for q in query_ids])
         result.relevance = qv[:, None] == np.array(gallery_vids)[None, :]
     else:
