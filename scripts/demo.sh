@@ -37,15 +37,13 @@ SYNTH_TOTAL=800
 FRAME_SIZE=64
 PREPROCESS_ARGS=(--config configs/preprocess/synth.yaml --anno_path "$OUT/synth/annotations.jsonl"
                  --video_root "$OUT/synth" --out "$OUT/shards" --frame_size "$FRAME_SIZE" --progress false)
-# Training: configs/demo.yaml (tiny random-init CLIP "nr-tiny", global batch 32, k = 20 neighbours) with:
-#  - data.frame_size=64 (the shards' size);
-#  - loss.global_l2norm=true (method.md Q7): with the official unnormalised global similarity, L_Opt is 16.6 at
-#    init with a gradient norm of 670 (L_Wti: 17); clipped to norm 1, the first updates are almost all L_Opt and
-#    the representations collapse (lr 1e-3, 6 epochs: val R@1 2%, test scores -0.117 +- 0.003). At this demo's
-#    budget the official setting reaches val mean R@1 23% / test t2v R@1 19%, vs 39.5% / 36% with l2norm;
-#  - optim.lr=2e-3, 20 epochs (val mean R@1 39.5 vs 37.5 with lr 1e-3; test t2v R@1 36% vs 32%).
-TRAIN_ARGS=(data.root="$OUT/shards" data.frame_size="$FRAME_SIZE" loss.global_l2norm=true
-            optim.lr=2e-3 optim.epochs="$EPOCHS" run.log_every_steps=10)
+# Training: configs/demo.yaml (tiny random-init CLIP "nr-tiny", global batch 32, k = 20 neighbours, lr 2e-3,
+# 20 epochs, 64 px frames, loss.global_l2norm=true). Why l2norm (method.md Q7): with the official unnormalised
+# global similarity, L_Opt is 16.6 at init with a gradient norm of 670 (L_Wti: 17); clipped to norm 1, the first
+# updates are almost all L_Opt and the representations collapse (lr 1e-3, 6 epochs: val R@1 2%, test scores
+# -0.117 +- 0.003). At this demo's budget the official setting reaches val mean R@1 23% / test t2v R@1 19%,
+# vs 39.5% / 36% with l2norm.
+TRAIN_ARGS=(data.root="$OUT/shards" data.frame_size="$FRAME_SIZE" optim.epochs="$EPOCHS" run.log_every_steps=10)
 # One torch thread per process: on 2 cores, 2 threads per process + loader workers oversubscribe the CPU and a
 # step takes ~10x longer (measured).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
