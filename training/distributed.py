@@ -16,6 +16,8 @@ tensors of the same shape.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -43,7 +45,11 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    with warnings.catch_warnings():
+        # torch 2.14 marks it deprecated in favour of a private functional-collectives API; it is the public,
+        # tested autograd all-gather (backward = sum over ranks), so keep it and keep the log readable
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
 @torch.no_grad()
