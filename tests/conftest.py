@@ -7,8 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 import urllib.request
+import uuid
 
 import pytest
 
@@ -40,10 +40,10 @@ def s3_server():
         try:
             urllib.request.urlopen(url + "/moto-api/", timeout=1).read()
             break
-        except Exception:
+        except Exception as err:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError("moto_server did not start")
+                raise RuntimeError(f"moto_server did not start on {url}") from err
             time.sleep(0.2)
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ.update(
