@@ -186,3 +186,25 @@ def test_zero_tokens_match_f_normalize_semantics():
     torch.testing.assert_close(out, ref)
     for a, b in zip(gout, gref):
         torch.testing.assert_close(a, b)
+
+
+def test_token_weighting_skips_padded_positions_exactly():
+    # the MLP runs on valid tokens only; weights and gradients equal running it everywhere
+    from training.similarity import apply_token_weighting, token_weights
+
+    g = torch.Generator().manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    tokens = torch.randn(5, 7, 8, generator=g, requires_grad=True)
+    mask = torch.tensor([[1] * 7, [1, 1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0], [0] * 7, [1] * 4 + [0] * 3])
+    calls = []
+    mlp.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    got = apply_token_weighting(mlp, tokens, mask)
+    assert calls == [torch.Size([1, int(mask.sum()), 8])]  # one call on the 22 valid tokens only
+    ref = token_weights(mlp(tokens).squeeze(-1), mask)
+    assert torch.allclose(got, ref, atol=1e-7)
+    probe = torch.randn(5, 7, generator=g)
+    ga = torch.autograd.grad((got * probe).sum(), [tokens, *mlp.parameters()])
+    gb = torch.autograd.grad((ref * probe).sum(), [tokens, *mlp.parameters()])
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.equal(ga[0][mask == 0], torch.zeros_like(ga[0][mask == 0]))

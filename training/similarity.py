@@ -63,8 +63,24 @@ def apply_token_weighting(
 ) -> torch.Tensor:
     """Run a token-weighting MLP on ``tokens`` [N, L, D] and return softmaxed weights [N, L].
 
-    ``weight_fn`` may return [N, L] or [N, L, 1] logits.
+    ``weight_fn`` may return [N, L] or [N, L, 1] logits. The MLP only runs on valid positions: a padded position's
+    logit is replaced by -9e15 before the softmax, so its weight is exactly 0 and neither its value nor its gradient
+    depends on the MLP output there (MSR-VTT captions fill about half of the 24 positions, so this halves the
+    text-MLP work on the memory bank). Weights are identical to running the MLP on every position.
     """
+    valid = mask.bool()
+    n, length = tokens.shape[:2]
+    if tokens.dim() == 3 and not bool(valid.all()):
+        out = weight_fn(tokens[valid].unsqueeze(0))  # [1, n_valid] or [1, n_valid, 1]
+        if out.dim() == 3 and out.shape[-1] == 1:
+            out = out.squeeze(-1)
+        if out.shape != (1, int(valid.sum())):
+            raise ValueError(
+                f"token weighting returned shape {tuple(out.shape)} for {int(valid.sum())} valid tokens of "
+                f"shape {tuple(tokens.shape)}; expected [1, n_valid] or [1, n_valid, 1]"
+            )
+        logits = out.new_zeros(n, length).masked_scatter(valid, out[0])
+        return token_weights(logits, mask)
     logits = weight_fn(tokens)
     if logits.dim() == tokens.dim() and logits.shape[-1] == 1:
         logits = logits.squeeze(-1)
