@@ -121,6 +121,22 @@ def remove(url: str, options: StorageOptions | None = None) -> None:
         fs.rm(path)
 
 
+def _replace_local(path: str, write) -> None:
+    """Write a local file through ``write(fileobj)`` into a temp name in its folder, then ``os.replace`` it
+    (atomic on POSIX); mode 0644 (mkstemp creates 0600); the temp file is removed on any failure."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def put_file_atomic(local_path: str, url: str, options: StorageOptions | None = None) -> None:
     """Publish a finished local file at ``url`` so that readers see either nothing or the whole file.
 
@@ -133,17 +149,13 @@ def put_file_atomic(local_path: str, url: str, options: StorageOptions | None = 
         if os.path.dirname(os.path.abspath(local_path)) == os.path.dirname(path):
             os.replace(local_path, path)
             return
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-        os.close(fd)
-        try:
-            with open(local_path, "rb") as src, open(tmp, "wb") as dst:
+
+        def copy(dst) -> None:
+            with open(local_path, "rb") as src:
                 while chunk := src.read(1 << 22):
                     dst.write(chunk)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+
+        _replace_local(path, copy)
     else:
         fs.put_file(local_path, path)
         fs.invalidate_cache()
@@ -153,17 +165,7 @@ def write_bytes_atomic(url: str, data: bytes, options: StorageOptions | None = N
     """Write ``data`` to ``url`` atomically (temp name + rename locally, one PUT on S3)."""
     fs, path = filesystem(url, options)
     if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        _replace_local(path, lambda f: f.write(data))
     else:
         fs.pipe_file(path, data)
         fs.invalidate_cache()
