@@ -5,11 +5,15 @@ Both variants run the full head (L_Wti + L_Opt + L_Nbi + L_KL, weighting MLPs ap
 bank tokens) and differ in how the local WTI similarity is computed:
 
 - ours: ``training.losses.compute_losses`` (default ``LossConfig``) ->
-  ``training.similarity.local_similarity`` (blockwise custom autograd function keeping only the max values
-  and uint8 arg-max indices) and the bank's weighting MLPs under chunked activation checkpointing;
-- ours_nockpt: the same with ``bank_weight_checkpoint=False`` (MLP activations on the bank kept);
+  ``training.similarity.local_similarity`` (custom autograd function over blocks of texts x videos with equal
+  valid-token counts, so padded positions cost nothing, keeping only the max values and uint8 arg-max indices)
+  and the bank's weighting MLPs through ``TokenWeighting.constant_input_logits`` (backward from the saved ReLU
+  pattern, no recomputation);
+- ours_generic: the same, but the MLPs passed as plain callables, so the bank path is the generic one
+  (chunked activation checkpointing, ``bank_weight_checkpoint=True``);
 - ref:  the similarity written as one einsum that materialises the cosine tensor [B, M, L, F] (and
-  [B, B, L, F]), with plain autograd; the loss terms come from the same loss functions.
+  [B, B, L, F]), with plain autograd through the same ``TokenWeighting`` modules; the loss terms come from
+  the same loss functions.
 
 Each variant runs in a fresh subprocess: peak memory = ru_maxrss after the measured steps minus the
 resident set size before the first step (inputs, MLPs and the bank are already allocated), with
@@ -39,7 +43,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("ours", "ours_nockpt", "ref")
+VARIANTS = ("ours", "ours_generic", "ref")
 
 
 def _rss_bytes() -> int:
@@ -49,7 +53,6 @@ def _rss_bytes() -> int:
 
 def _child(args: argparse.Namespace) -> int:
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
 
     from training.features import Features
@@ -60,22 +63,20 @@ def _child(args: argparse.Namespace) -> int:
     from training.losses.uniform import uniform_loss
     from training.memory_bank import MemoryBank
     from training.similarity import token_weights
+    from training.token_weighting import TokenWeighting
 
     torch.set_num_threads(args.threads)
     b, m, n_l, n_f, d = args.batch, args.bank, 24, 12, 512
     g = torch.Generator().manual_seed(0)
 
-    def mlp() -> nn.Module:
-        return nn.Sequential(nn.Linear(d, 1024), nn.ReLU(), nn.Linear(1024, 1))
-
     torch.manual_seed(0)
-    text_mlp, video_mlp = mlp(), mlp()
-
-    def tw(x: torch.Tensor) -> torch.Tensor:
-        return text_mlp(x).squeeze(-1)
-
-    def vw(x: torch.Tensor) -> torch.Tensor:
-        return video_mlp(x).squeeze(-1)
+    text_mlp, video_mlp = TokenWeighting(d), TokenWeighting(d)  # the model's D -> 2D -> 1 MLPs
+    if (
+        args.variant == "ours_generic"
+    ):  # the same MLPs as plain callables: the generic (checkpointed) bank path
+        tw, vw = (lambda x: text_mlp(x)), (lambda x: video_mlp(x))
+    else:
+        tw, vw = text_mlp, video_mlp
 
     def masks(n: int, length: int, low: int) -> torch.Tensor:
         lengths = torch.randint(low, length + 1, (n,), generator=g)
@@ -99,7 +100,7 @@ def _child(args: argparse.Namespace) -> int:
         torch.arange(m),
     )
     logit_scale = torch.tensor(4.6052, requires_grad=True)
-    cfg = LossConfig(bank_weight_checkpoint=args.variant != "ours_nockpt")
+    cfg = LossConfig()
     feats = Features(
         leaves["text_tokens"],
         tmask,

@@ -75,15 +75,46 @@ def test_masked_cosines_are_zero_not_minus_inf():
     assert s.item() == pytest.approx(0.5 * (0.0 + -1.0))
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("chunk", [None, 1, 3, 100])
-def test_local_matches_naive_values_and_grads(chunk):
+def test_local_matches_naive_values_and_grads(chunk, packed):
     t, mt, zt, v, mv, zv = make_inputs()
     upstream = torch.randn(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     params = [t, v, zt, zv]
     ref = naive_local(t, mt, token_weights(zt, mt), v, mv, token_weights(zv, mv))
     gref = torch.autograd.grad((ref * upstream).sum(), params)
-    out = local_similarity(t, mt, token_weights(zt, mt), v, mv, token_weights(zv, mv), chunk=chunk)
+    out = local_similarity(
+        t, mt, token_weights(zt, mt), v, mv, token_weights(zv, mv), chunk=chunk, packed=packed
+    )
     gout = torch.autograd.grad((out * upstream).sum(), params)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    for a, b in zip(gout, gref):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_mask_holes_empty_entries_and_negative_cosines(packed):
+    # masks that are not prefixes, a text and a video without any valid token, and rows whose valid cosines are
+    # all negative (the masked positions' 0 must win the max, and take no gradient)
+    t, mt, zt, v, mv, zv = make_inputs(a=6, b=5, n_l=5, n_f=4, d=3, seed=11)
+    mt = torch.tensor(
+        [[1, 0, 1, 0, 1], [0, 0, 0, 0, 0], [0, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [0, 0, 1, 0, 0]]
+    )
+    mv = torch.tensor([[0, 1, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 1, 0]])
+    with torch.no_grad():  # text 4's only token points away from everything video 4 has
+        v[4, 2] = torch.tensor([1.0, 1.0, 1.0], dtype=v.dtype)
+        t[4, 0] = torch.tensor([-1.0, -2.0, -1.0], dtype=t.dtype)
+
+    def weights():  # softmax over all positions: masked positions get non-zero weights too
+        return torch.softmax(zt, dim=1), torch.softmax(zv, dim=1)
+
+    upstream = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ref = naive_local(t, mt, *weights()[:1], v, mv, weights()[1])
+    gref = torch.autograd.grad((ref * upstream).sum(), [t, v, zt, zv])
+    out = local_similarity(t, mt, weights()[0], v, mv, weights()[1], chunk=2, packed=packed)
+    gout = torch.autograd.grad((out * upstream).sum(), [t, v, zt, zv])
+    assert out[1].abs().max() == 0 and out[:, 2].abs().max() == 0  # empty text / empty video
+    assert ref[4, 4] == 0  # all valid cosines negative: the masked zeros won both maxima
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
     for a, b in zip(gout, gref):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

@@ -9,8 +9,7 @@ The transformer is a stack of open_clip residual attention blocks (pre-LN, batch
 tower's heads and activation, no causal mask. When the CLIP text width equals D, the blocks start as copies of the
 first text-transformer blocks and P as the first rows of CLIP's text positional embedding (:meth:`init_from_clip`).
 
-Token weighting (method.md §2.4): w(t) = Linear(2D -> 1)(ReLU(Linear(D -> 2D)(t))), one logit per token; the
-softmax over tokens is taken by the losses.
+Token weighting (method.md §2.4) lives in ``training.token_weighting`` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from open_clip.transformer import LayerNorm, Transformer
 from torch import nn
 
 from training.encoders import ClipDims, key_padding_bias, text_tower
+from training.token_weighting import TokenWeighting
 
 logger = logging.getLogger(__name__)
 
@@ -34,20 +34,6 @@ def attention_heads(width: int, preferred: int) -> int:
     if preferred < 1 or width < 1:
         raise ValueError(f"width and heads must be positive, got width={width}, heads={preferred}")
     return max(h for h in range(1, min(preferred, width) + 1) if width % h == 0)
-
-
-class TokenWeighting(nn.Module):
-    """Per-token weight logits: [..., N, D] -> [..., N] through Linear(D, 2D) -> ReLU -> Linear(2D, 1)."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(width, 2 * width)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Linear(2 * width, 1)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [..., N, D] (unnormalised) -> logits [..., N]."""
-        return self.fc2(self.act(self.fc1(tokens))).squeeze(-1)
 
 
 class TemporalTransformer(nn.Module):

@@ -8,16 +8,19 @@ Local (token-level, "WTI") similarity between texts ``a`` and videos ``b``::
     S_ab        = (s^{t->v}_ab + s^{v->t}_ab) / 2
 
 ``local_similarity`` computes S without ever materialising the full ``[A, B, L, F]`` cosine tensor: a
-custom autograd function works on blocks of texts x videos, keeps the two max values (``[A, L, B]`` and
-``[A, B, F]``) and their arg-max indices (uint8 when L, F <= 256) for backward, and rebuilds the sparse gradient of each block
-on the fly.  The global similarity is a plain dot product of the single global tokens (official default).
+custom autograd function works on blocks of texts x videos, keeps the two max values and their arg-max indices
+(uint8 when L, F <= 255) for backward, and rebuilds the sparse gradient of each block on the fly.  On CPU the
+blocks group entries by their number of valid tokens, so padded positions cost no arithmetic at all (their
+cosine is 0, which is added back as a candidate of every max).  The global similarity is a plain dot product
+of the single global tokens (official default).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +96,8 @@ def apply_token_weighting(
 
 
 def _index_dtype(n: int) -> torch.dtype:
-    return torch.uint8 if n <= 256 else torch.int64
+    """Smallest dtype for arg-max indices 0..n (n itself marks "a masked position won")."""
+    return torch.uint8 if n <= 255 else torch.int64
 
 
 def _even_split(n: int, target: int) -> int:
@@ -116,10 +120,6 @@ def _block_sizes(a: int, b: int, lf: int, chunk: int | None) -> tuple[int, int]:
     return block_a, _even_split(b, max(1, budget // block_a))
 
 
-def _blocks(n: int, size: int) -> list[tuple[int, int]]:
-    return [(s, min(n, s + size)) for s in range(0, n, size)]
-
-
 _EPS = 1e-12  # as F.normalize: x / max(||x||, eps)
 
 
@@ -139,85 +139,172 @@ def _normalised_grad(x: torch.Tensor, scale: torch.Tensor, grad_y: torch.Tensor)
     return scale.unsqueeze(-1) * (grad_y - x * radial)
 
 
+class _Block(NamedTuple):
+    """Entries ``rows`` [n] of one side, each taken at the positions ``pos`` [n, c] (same c for all).
+
+    ``padded``: the entries have masked positions that ``pos`` leaves out; each such position has cosine 0 with
+    everything, so 0 competes in every max over this side's tokens (the official semantics, method Q14).
+    """
+
+    rows: torch.Tensor
+    pos: torch.Tensor
+    padded: bool
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """x[rows, pos]: [n, c, ...] from x [N, T, ...]."""
+        return x[self.rows.unsqueeze(1), self.pos]
+
+    def tokens(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Normalised (masked -> 0) tokens [n * c, D] of x [N, T, D]."""
+        return (self.take(x) * self.take(scale).unsqueeze(-1)).reshape(-1, x.shape[-1])
+
+    def add_to(self, dst: torch.Tensor, values: torch.Tensor) -> None:
+        """dst[rows, pos] += values ([n, c, ...] into [N, T, ...]; the (row, position) pairs are distinct)."""
+        dst.index_put_((self.rows.unsqueeze(1), self.pos), values, accumulate=True)
+
+
+def _side_blocks(mask: torch.Tensor, size: int, packed: bool) -> list[_Block]:
+    """Blocks of <= ``size`` entries of one side with mask [N, T].
+
+    packed: entries grouped by their number of valid positions c, only those positions taken (in order; masks
+    need not be prefixes); entries without valid positions are left out (their similarities are 0).
+    Otherwise: consecutive entries at all T positions (masked ones give zero tokens).
+    """
+    n, length = mask.shape
+    if not packed:
+        every = torch.arange(length, device=mask.device)
+        rows = torch.arange(n, device=mask.device)
+        return [
+            _Block(rows[s : s + size], every.expand(min(size, n - s), length), False)
+            for s in range(0, n, size)
+        ]
+    valid = mask.bool()
+    counts = valid.sum(1)
+    order = torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)  # valid positions first, in order
+    blocks = []
+    for c in torch.unique(counts).tolist():
+        if c == 0:
+            continue
+        rows = (counts == c).nonzero().squeeze(1)
+        for s in range(0, rows.numel(), size):
+            r = rows[s : s + size]
+            blocks.append(_Block(r, order[r, :c], c < length))
+    return blocks
+
+
+def _block_pairs(
+    t_blocks: list[_Block],
+    v_blocks: list[_Block],
+    x_t: tuple[torch.Tensor, torch.Tensor] | None,
+    x_v: tuple[torch.Tensor, torch.Tensor] | None,
+) -> Iterator[tuple[_Block, torch.Tensor | None, _Block, torch.Tensor | None]]:
+    """Every (text block, its tokens, video block, its tokens), in a fixed order.
+
+    The side with fewer tokens is gathered once and kept; the other is gathered one block at a time.
+    ``x_t`` / ``x_v`` = (tokens, scale), or None where that side's normalised tokens are not needed.
+    """
+    text_outer = sum(b.pos.numel() for b in t_blocks) >= sum(b.pos.numel() for b in v_blocks)
+    outer, inner = (t_blocks, v_blocks) if text_outer else (v_blocks, t_blocks)
+    x_outer, x_inner = (x_t, x_v) if text_outer else (x_v, x_t)
+    kept = [blk.tokens(*x_inner) if x_inner is not None else None for blk in inner]
+    for ob in outer:
+        o = ob.tokens(*x_outer) if x_outer is not None else None
+        for ib, i in zip(inner, kept):
+            yield (ob, o, ib, i) if text_outer else (ib, i, ob, o)
+
+
+def _max_with_padding(c: torch.Tensor, dim: int, padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max of c over ``dim`` and its arg-max; with ``padded`` the masked positions' 0 competes too and wins
+    where every valid cosine is negative (arg-max = c.shape[dim] there)."""
+    n = c.shape[dim]
+    m, i = c.max(dim=dim)
+    if padded:
+        zero_wins = m < 0
+        m = m.clamp_min(0.0)
+        i = i.masked_fill(zero_wins, n)
+    return m, i.to(_index_dtype(n))
+
+
+def _weight_grid(
+    buf: torch.Tensor, g: torch.Tensor, wt: torch.Tensor, wv: torch.Tensor, maxima: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
+    """dS/dc for one block: [a, l, b, f] with g_ab w^t_al at f = argmax_f, plus g_ab w^v_bf at l = argmax_l.
+
+    g [a, b], wt [a, l], wv [b, f]; an arg-max equal to the axis length (a masked position won) adds nothing.
+    """
+    _, i_tv, _, i_vt = maxima
+    n_a, n_l = wt.shape
+    n_b, n_f = wv.shape
+    w = buf[: n_a * n_l * n_b * n_f].view(n_a, n_l, n_b, n_f).zero_()
+    src, idx = g.unsqueeze(1) * wt.unsqueeze(2), i_tv.long()  # [a, l, b]
+    masked = idx == n_f
+    w.scatter_(3, idx.clamp_max(n_f - 1).unsqueeze(3), src.masked_fill(masked, 0.0).unsqueeze(3))
+    src, idx = g.unsqueeze(2) * wv.unsqueeze(0), i_vt.long()  # [a, b, f]
+    masked = idx == n_l
+    w.scatter_add_(1, idx.clamp_max(n_l - 1).unsqueeze(1), src.masked_fill(masked, 0.0).unsqueeze(1))
+    return w.view(n_a * n_l, n_b * n_f)
+
+
 class _LocalWTI(torch.autograd.Function):
-    """Blockwise WTI; normalisation and masking of the tokens happen per block (see ``local_similarity``)."""
+    """Blockwise WTI over text blocks x video blocks (see ``local_similarity``)."""
 
     @staticmethod
-    def forward(ctx, x_t, mask_t, wt, x_v, mask_v, wv, block_a, block_b, save):  # type: ignore[override]
+    def forward(ctx, x_t, mask_t, wt, x_v, mask_v, wv, block_a, block_b, packed, save):  # type: ignore[override]
         # x_t [A, L, D], wt [A, L], x_v [B, F, D], wv [B, F]; masks [A, L] / [B, F]
-        a, n_l, d = x_t.shape
-        b, n_f, _ = x_v.shape
         scale_t, scale_v = _token_scale(x_t, mask_t), _token_scale(x_v, mask_v)
-        out = x_t.new_empty(a, b)
-        if save:
-            vals_tv = x_t.new_empty(a, n_l, b)  # max over frames
-            vals_vt = x_t.new_empty(a, b, n_f)  # max over words
-            idx_tv = torch.empty(a, n_l, b, dtype=_index_dtype(n_f), device=x_t.device)
-            idx_vt = torch.empty(a, b, n_f, dtype=_index_dtype(n_l), device=x_t.device)
-        buf = x_t.new_empty(min(a, block_a) * n_l * min(b, block_b) * n_f)  # one block, reused
-        for i, j in _blocks(a, block_a):
-            t2 = (x_t[i:j] * scale_t[i:j].unsqueeze(-1)).reshape(-1, d)
-            for s, e in _blocks(b, block_b):
-                v2 = (x_v[s:e] * scale_v[s:e].unsqueeze(-1)).reshape(-1, d)
-                c = buf[: t2.shape[0] * v2.shape[0]].view(t2.shape[0], v2.shape[0])
-                torch.mm(t2, v2.T, out=c)
-                c = c.view(j - i, n_l, e - s, n_f)  # [a, L, b, F] cosines, masked -> 0
-                m_tv, i_tv = c.max(dim=3)  # [a, L, b]
-                m_vt, i_vt = c.max(dim=1)  # [a, b, F]
-                s_tv = torch.einsum("alb,al->ab", m_tv, wt[i:j])
-                s_vt = torch.einsum("abf,bf->ab", m_vt, wv[s:e])
-                out[i:j, s:e] = 0.5 * (s_tv + s_vt)
-                if save:
-                    vals_tv[i:j, :, s:e] = m_tv
-                    vals_vt[i:j, s:e] = m_vt
-                    idx_tv[i:j, :, s:e] = i_tv
-                    idx_vt[i:j, s:e] = i_vt
-        if save:
-            ctx.save_for_backward(x_t, scale_t, wt, x_v, scale_v, wv, vals_tv, vals_vt, idx_tv, idx_vt)
-        ctx.blocks = (block_a, block_b)
+        t_blocks = _side_blocks(mask_t, block_a, packed)
+        v_blocks = _side_blocks(mask_v, block_b, packed)
+        out = x_t.new_zeros(x_t.shape[0], x_v.shape[0])
+        maxima = []
+        for tb, t2, vb, v2 in _block_pairs(t_blocks, v_blocks, (x_t, scale_t), (x_v, scale_v)):
+            (n_a, n_l), (n_b, n_f) = tb.pos.shape, vb.pos.shape
+            c = (t2 @ v2.T).view(n_a, n_l, n_b, n_f)  # cosines
+            m_tv, i_tv = _max_with_padding(c, 3, vb.padded)  # [a, l, b] over frames
+            m_vt, i_vt = _max_with_padding(c, 1, tb.padded)  # [a, b, f] over words
+            del c
+            s_tv = torch.einsum("alb,al->ab", m_tv, tb.take(wt))
+            s_vt = torch.einsum("abf,bf->ab", m_vt, vb.take(wv))
+            out[tb.rows.unsqueeze(1), vb.rows] = 0.5 * (s_tv + s_vt)
+            if save:
+                maxima.append((m_tv, i_tv, m_vt, i_vt))
+        if save:  # saved tensors (not ctx attributes) are freed as soon as backward has run
+            ctx.save_for_backward(x_t, scale_t, wt, x_v, scale_v, wv, *(t for m in maxima for t in m))
+            ctx.blocks = (t_blocks, v_blocks)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        x_t, scale_t, wt, x_v, scale_v, wv, vals_tv, vals_vt, idx_tv, idx_vt = ctx.saved_tensors
-        a, n_l, d = x_t.shape
-        b, n_f, _ = x_v.shape
+        x_t, scale_t, wt, x_v, scale_v, wv, *flat = ctx.saved_tensors
+        maxima = [flat[k : k + 4] for k in range(0, len(flat), 4)]
+        t_blocks, v_blocks = ctx.blocks
         g = 0.5 * grad_out  # [A, B]
         need_t, _, need_wt, need_v, _, need_wv = ctx.needs_input_grad[:6]
-        grad_wt = torch.einsum("ab,alb->al", g, vals_tv) if need_wt else None
-        grad_wv = torch.einsum("ab,abf->bf", g, vals_vt) if need_wv else None
-        grad_t = grad_v = None
-        if need_t or need_v:
-            # gradients wrt the normalised, masked tokens, accumulated block by block
-            gn_t = torch.zeros(x_t.shape, dtype=x_t.dtype, device=x_t.device) if need_t else None
-            gn_v = torch.zeros(x_v.shape, dtype=x_v.dtype, device=x_v.device) if need_v else None
-            block_a, block_b = ctx.blocks
-            buf = x_t.new_empty(min(a, block_a) * n_l * min(b, block_b) * n_f)  # one block, reused
-            for i, j in _blocks(a, block_a):
-                t2 = (x_t[i:j] * scale_t[i:j].unsqueeze(-1)).reshape(-1, d) if need_v else None
-                for s, e in _blocks(b, block_b):
-                    gb = g[i:j, s:e]
-                    # dS/dc_{ab,lf}: w^t_{a,l} at f = argmax_f, plus w^v_{b,f} at l = argmax_l
-                    w = buf[: (j - i) * n_l * (e - s) * n_f].view(j - i, n_l, e - s, n_f).zero_()
-                    w.scatter_(
-                        3,
-                        idx_tv[i:j, :, s:e].long().unsqueeze(3),
-                        (gb.unsqueeze(1) * wt[i:j].unsqueeze(2)).unsqueeze(3),
-                    )
-                    w.scatter_add_(
-                        1,
-                        idx_vt[i:j, s:e].long().unsqueeze(1),
-                        (gb.unsqueeze(2) * wv[s:e].unsqueeze(0)).unsqueeze(1),
-                    )
-                    w2 = w.view((j - i) * n_l, (e - s) * n_f)
-                    if need_t:
-                        v2 = (x_v[s:e] * scale_v[s:e].unsqueeze(-1)).reshape(-1, d)
-                        gn_t[i:j].view(-1, d).addmm_(w2, v2)
-                    if need_v:
-                        gn_v[s:e].view(-1, d).addmm_(w2.T, t2)
-            grad_t = _normalised_grad(x_t, scale_t, gn_t) if need_t else None
-            grad_v = _normalised_grad(x_v, scale_v, gn_v) if need_v else None
-        return grad_t, None, grad_wt, grad_v, None, grad_wv, None, None, None
+        grad_wt = torch.zeros_like(wt) if need_wt else None
+        grad_wv = torch.zeros_like(wv) if need_wv else None
+        gn_t = torch.zeros_like(x_t) if need_t else None  # wrt the normalised, masked tokens
+        gn_v = torch.zeros_like(x_v) if need_v else None
+        buf = None
+        if (need_t or need_v) and t_blocks and v_blocks:  # one block of dS/dc, reused
+            largest = max(tb.pos.numel() for tb in t_blocks) * max(vb.pos.numel() for vb in v_blocks)
+            buf = x_t.new_empty(largest)
+        pairs = _block_pairs(
+            t_blocks, v_blocks, (x_t, scale_t) if need_v else None, (x_v, scale_v) if need_t else None
+        )
+        for (tb, t2, vb, v2), block_max in zip(pairs, maxima):
+            gb = g[tb.rows.unsqueeze(1), vb.rows]  # [a, b]
+            if need_wt:
+                tb.add_to(grad_wt, torch.einsum("alb,ab->al", block_max[0], gb))
+            if need_wv:
+                vb.add_to(grad_wv, torch.einsum("abf,ab->bf", block_max[2], gb))
+            if need_t or need_v:
+                w2 = _weight_grid(buf, gb, tb.take(wt), vb.take(wv), block_max)
+                if need_t:
+                    tb.add_to(gn_t, (w2 @ v2).view(*tb.pos.shape, -1))
+                if need_v:
+                    vb.add_to(gn_v, (w2.T @ t2).view(*vb.pos.shape, -1))
+        grad_t = _normalised_grad(x_t, scale_t, gn_t) if need_t else None
+        grad_v = _normalised_grad(x_v, scale_v, gn_v) if need_v else None
+        return grad_t, None, grad_wt, grad_v, None, grad_wv, None, None, None, None
 
 
 def local_similarity(
@@ -229,6 +316,7 @@ def local_similarity(
     video_w: torch.Tensor,
     *,
     chunk: int | None = None,
+    packed: bool | None = None,
 ) -> torch.Tensor:
     """Local WTI similarity S^loc (method §2.5), memory-efficient and differentiable.
 
@@ -239,12 +327,18 @@ def local_similarity(
         video_tokens: [B, F, D] unnormalised frame tokens.
         video_mask:   [B, F] 1 on real frames.
         video_w:      [B, F] already-softmaxed frame weights.
-        chunk:        texts and videos per block (None: square-ish blocks of about 4M cosines).
+        chunk:        at most this many texts and videos per block (None: about 4M cosines per block).
+        packed:       True: blocks of entries with equal valid-token counts, cosines of valid tokens only (the
+            products shrink by the padding fraction, ~2.3x for MSR-VTT captions x 12 frames; many small blocks);
+            False: blocks of consecutive entries at every position (few large products, the better choice where
+            each operation has a fixed launch cost, as on GPUs). None: True on CPU, False elsewhere. Both give
+            the same values and gradients (masked positions count as cosine 0, method Q14).
     Returns:
         S [A, B] with S_ab = ½ (Σ_l w^t_{a,l} max_f c_{ab,lf} + Σ_f w^v_{b,f} max_l c_{ab,lf}).
 
-    Peak extra memory is one block [chunk, L, chunk, F] plus the saved maxima [A, B, L + F] (values and
-    uint8 indices); the normalised tokens are formed per block, never for the whole input.
+    Peak extra memory is one block of cosines plus the saved maxima (values and uint8 indices, [A, B, L + F]
+    at most, only valid positions when packed); normalised tokens are formed per block, never for the whole
+    input.
     """
     if text_tokens.dim() != 3 or video_tokens.dim() != 3:
         raise ValueError(
@@ -270,9 +364,11 @@ def local_similarity(
     if x_v.dtype != x_t.dtype:
         raise ValueError(f"local_similarity: text dtype {x_t.dtype} != video dtype {x_v.dtype}")
     block_a, block_b = _block_sizes(x_t.shape[0], x_v.shape[0], x_t.shape[1] * x_v.shape[1], chunk)
+    if packed is None:
+        packed = x_t.device.type == "cpu"
     wt, wv = text_w.to(x_t.dtype), video_w.to(x_t.dtype)
     save = torch.is_grad_enabled() and any(x.requires_grad for x in (x_t, wt, x_v, wv))
-    return _LocalWTI.apply(x_t, text_mask, wt, x_v, video_mask, wv, block_a, block_b, save)
+    return _LocalWTI.apply(x_t, text_mask, wt, x_v, video_mask, wv, block_a, block_b, packed, save)
 
 
 @torch.no_grad()

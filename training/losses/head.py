@@ -23,6 +23,7 @@ from training.losses.neighbor import NORM_REGIONS, neighbor_loss
 from training.losses.uniform import uniform_loss
 from training.memory_bank import MemoryBank
 from training.similarity import apply_token_weighting, global_similarity, local_similarity
+from training.token_weighting import TokenWeighting
 
 __all__ = [
     "BANK_CHUNK",
@@ -61,9 +62,10 @@ class LossConfig:
     kl_reduction: "mean" (official, divides by B^2) or "batchmean" (divides by B; method Q8).
     detach_weights: False (official: omega and pi carry gradient) or True (both detached).
     centrality_mask_padding: False (official: kappa pools over padded tokens/frames too) or True (valid only).
-    bank_weight_checkpoint: recompute the weighting MLPs on the bank tokens during backward, in chunks of
-        ``BANK_CHUNK`` samples (activation checkpointing), instead of keeping their activations; the values
-        and gradients are identical, memory drops by ~2 x M x (L + F) x hidden floats for one extra MLP forward.
+    bank_weight_checkpoint: for weighting callables other than ``TokenWeighting`` (whose own constant-input
+        path needs neither), recompute them on the bank tokens during backward, in chunks of ``BANK_CHUNK``
+        samples (activation checkpointing), instead of keeping their activations; the values and gradients are
+        identical, memory drops by ~2 x M x (L + F) x hidden floats for one extra MLP forward.
     """
 
     kind: str = "neighborretr"
@@ -138,9 +140,13 @@ def bank_token_weights(
 ) -> torch.Tensor:
     """Softmaxed token weights [M, N] of detached bank tokens [M, N, D]; gradient reaches ``weight_fn``.
 
-    With ``checkpoint`` the MLP runs in chunks of ``BANK_CHUNK`` samples under non-reentrant activation
-    checkpointing (recomputed in backward), so its hidden activations are never all alive at once.
+    A :class:`TokenWeighting` module runs its constant-input path (exact; backward keeps only the ReLU pattern,
+    no activations, no recomputation). For any other callable, ``checkpoint`` runs it in chunks of
+    ``BANK_CHUNK`` samples under non-reentrant activation checkpointing (recomputed in backward), so its hidden
+    activations are never all alive at once.
     """
+    if isinstance(weight_fn, TokenWeighting):
+        return apply_token_weighting(weight_fn.constant_input_logits, tokens.detach(), mask)
     if not checkpoint or not torch.is_grad_enabled():
         return apply_token_weighting(weight_fn, tokens, mask)
     from torch.utils.checkpoint import checkpoint as ckpt
