@@ -43,10 +43,29 @@ def make_clips(folder: str, n: int, seconds: float) -> list[str]:
     for i in range(n):
         p = os.path.join(folder, f"clip{i:03d}.mp4")
         subprocess.run(
-            [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-             f"testsrc2=size=640x480:rate=30:duration={seconds}", "-vf", f"hue=h={i * 37 % 360}",
-             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", p],
-            check=True, timeout=300,
+            [
+                ffmpeg_binary(),
+                "-hide_banner",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size=640x480:rate=30:duration={seconds}",
+                "-vf",
+                f"hue=h={i * 37 % 360}",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-pix_fmt",
+                "yuv420p",
+                p,
+            ],
+            check=True,
+            timeout=300,
         )
         paths.append(p)
     return paths
@@ -62,8 +81,9 @@ def _worker(paths: list[str], decoder: str, frames: int, size: int, whole: bool,
         import preprocess.job
 
         preprocess.job.decode_frames = functools.partial(preprocess.job.decode_frames, reference_only=False)
-    cfg = PreprocessConfig(dataset="bench", anno_path="-", out="-", num_frames=frames, frame_size=size,
-                           decoder=decoder)
+    cfg = PreprocessConfig(
+        dataset="bench", anno_path="-", out="-", num_frames=frames, frame_size=size, decoder=decoder
+    )
     items = [VideoItem("bench", "train", os.path.basename(p), p, ("a clip",)) for p in paths]
     make_sample(items[0], cfg)  # warm-up: imports, decord/ffmpeg libraries loaded
     t0, c0 = time.perf_counter(), _cpu()
@@ -96,26 +116,36 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nr-bench-") as tmp:
         t0 = time.perf_counter()
         paths = make_clips(tmp, a.num_videos, a.seconds)
-        print(f"made {len(paths)} clips of {a.seconds:g} s 640x480 30 fps H.264 in {time.perf_counter() - t0:.1f} s")
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-              f"load avg {os.getloadavg()[0]:.2f}; clips encoded with {ffmpeg_binary()}; "
-              f"ffmpeg path decodes with {ffmpeg_decoder_binary()}")
+        print(
+            f"made {len(paths)} clips of {a.seconds:g} s 640x480 30 fps H.264 in {time.perf_counter() - t0:.1f} s"
+        )
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+            f"load avg {os.getloadavg()[0]:.2f}; clips encoded with {ffmpeg_binary()}; "
+            f"ffmpeg path decodes with {ffmpeg_decoder_binary()}"
+        )
         rows = {}
         for decoder in ("decord", "ffmpeg"):
             rows[decoder] = measure(paths, decoder, a.frames, a.size)
             rows[f"{decoder}-whole"] = measure(paths, decoder, a.frames, a.size, whole=True)
         load = os.getloadavg()[0]
-    print(f"{'path':13} {'wall s':>8} {'cpu s':>8} {'videos/s (wall)':>16} {'videos/s/core (cpu)':>20} "
-          f"{'ms cpu/video':>13} {'KB/sample':>10}")
+    print(
+        f"{'path':13} {'wall s':>8} {'cpu s':>8} {'videos/s (wall)':>16} {'videos/s/core (cpu)':>20} "
+        f"{'ms cpu/video':>13} {'KB/sample':>10}"
+    )
     for decoder, (wall, cpu, per) in rows.items():
-        print(f"{decoder:13} {wall:8.2f} {cpu:8.2f} {a.num_videos / wall:16.2f} {a.num_videos / cpu:20.2f} "
-              f"{1000 * cpu / a.num_videos:13.1f} {per / 1024:10.1f}")
+        print(
+            f"{decoder:13} {wall:8.2f} {cpu:8.2f} {a.num_videos / wall:16.2f} {a.num_videos / cpu:20.2f} "
+            f"{1000 * cpu / a.num_videos:13.1f} {per / 1024:10.1f}"
+        )
     d, f, dx, fx = (a.num_videos / rows[k][1] for k in ("decord", "ffmpeg", "decord-whole", "ffmpeg-whole"))
     dw, fw = (a.num_videos / rows[k][0] for k in ("decord", "ffmpeg"))
     print(f"load avg at the end {load:.2f}")
-    print(f"RESULT videos_per_s_per_core={d:.2f} ffmpeg_videos_per_s_per_core={f:.2f} "
-          f"wall_videos_per_s={dw:.2f} ffmpeg_wall_videos_per_s={fw:.2f} "
-          f"whole_file_videos_per_s_per_core={dx:.2f} ffmpeg_whole_file_videos_per_s_per_core={fx:.2f}")
+    print(
+        f"RESULT videos_per_s_per_core={d:.2f} ffmpeg_videos_per_s_per_core={f:.2f} "
+        f"wall_videos_per_s={dw:.2f} ffmpeg_wall_videos_per_s={fw:.2f} "
+        f"whole_file_videos_per_s_per_core={dx:.2f} ffmpeg_whole_file_videos_per_s_per_core={fx:.2f}"
+    )
     return 0
 
 

@@ -166,7 +166,9 @@ _DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 def _short(exc: BaseException) -> str:
     """First meaningful line of an exception message (decord appends long C++ stack traces)."""
     text = str(exc).strip() or type(exc).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(("Stack", "[bt]"))]
+    lines = [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(("Stack", "[bt]"))
+    ]
     first = _DECORD_PREFIX.sub("", lines[0] if lines else text)
     if "cannot find video stream" in first:
         return "no video stream"
@@ -199,8 +201,12 @@ def _decode_decord(
             if len(vr) == plan.kept:
                 logger.debug("%s: decoding %d of %d packets", path, plan.kept, plan.total)
                 return center_crop(_decord_batch(vr, plan.ranks, path, w, h), size)
-            logger.warning("decord sees %d of %d planned packets of %s; decoding the whole file", len(vr),
-                           plan.kept, path)
+            logger.warning(
+                "decord sees %d of %d planned packets of %s; decoding the whole file",
+                len(vr),
+                plan.kept,
+                path,
+            )
         except DecodeError as exc:
             logger.warning("planned decord decode of %s failed (%s); decoding the whole file", path, exc)
     vr = _decord_reader(path, width=w, height=h)
@@ -234,7 +240,9 @@ def _run(
 ) -> subprocess.CompletedProcess:
     try:
         if feed is None:
-            return subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+            return subprocess.run(
+                args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+            )
         return subprocess.run(args, capture_output=True, timeout=timeout, input=feed, check=False)
     except subprocess.TimeoutExpired as exc:
         raise _Timeout(f"ffmpeg timed out after {timeout} s on {path}") from exc
@@ -268,7 +276,9 @@ def _probe_ffmpeg(path: str, timeout: float | None = None) -> VideoInfo:
     n = int(frames[-1]) if frames else 0
     if proc.returncode != 0 or n <= 0:
         raise DecodeError(f"ffmpeg cannot read the video stream of {path}: {_last_error(proc.stderr)}")
-    return VideoInfo(fps=fps, num_frames=n, duration=n / fps, width=int(size.group(1)), height=int(size.group(2)))
+    return VideoInfo(
+        fps=fps, num_frames=n, duration=n / fps, width=int(size.group(1)), height=int(size.group(2))
+    )
 
 
 def _decode_ffmpeg(
@@ -286,8 +296,9 @@ def _decode_ffmpeg(
     if plan is not None:  # H.264 in MP4: only the packets the frames need, as Annex B on stdin
         logger.debug("%s: decoding %d of %d packets", path, plan.kept, plan.total)
         try:
-            return _ffmpeg_frames(ffmpeg.input("pipe:", format="h264"), plan.ranks, path, w, h, size, timeout,
-                                  plan.stream)
+            return _ffmpeg_frames(
+                ffmpeg.input("pipe:", format="h264"), plan.ranks, path, w, h, size, timeout, plan.stream
+            )
         except _Timeout:
             raise
         except DecodeError as exc:  # any other surprise: the whole file decides
@@ -295,8 +306,9 @@ def _decode_ffmpeg(
     return _ffmpeg_frames(ffmpeg.input(path), unique, path, w, h, size, timeout, None)
 
 
-def _ffmpeg_frames(source, picks: list[int], path: str, w: int, h: int, size: int, timeout: float | None,
-                   feed: bytes | None) -> np.ndarray:
+def _ffmpeg_frames(
+    source, picks: list[int], path: str, w: int, h: int, size: int, timeout: float | None, feed: bytes | None
+) -> np.ndarray:
     """Frames ``picks`` (decoder output counter ``n``) of ``source``: uint8 ``[len(picks), size, size, 3]``."""
     import ffmpeg
 
@@ -360,7 +372,9 @@ def decode_frames(
     info = info or probe(path, backend=backend, timeout=timeout)
     unique = sorted(set(int(i) for i in indices))
     if unique[0] < 0 or unique[-1] >= info.num_frames:
-        raise DecodeError(f"frame indices {unique[0]}..{unique[-1]} outside 0..{info.num_frames - 1} of {path}")
+        raise DecodeError(
+            f"frame indices {unique[0]}..{unique[-1]} outside 0..{info.num_frames - 1} of {path}"
+        )
     if backend == "decord":
         frames = _decode_decord(path, unique, size, info, reference_only)
     elif backend == "ffmpeg":
