@@ -3,8 +3,9 @@
 Only rank 0 writes metrics and TensorBoard events; every rank logs warnings and errors to the console.
 ``metrics.jsonl`` has one JSON object per line: ``{"event": "train", "step": ..., "epoch": ..., "loss/total":
 ..., "lr": ..., "data_wait_s": ..., "compute_s": ..., "samples_per_s": ..., "skipped": {...}, "sample_index":
-[...]}`` for every training batch, and ``{"event": "val", "step": ..., "val/t2v/R@1": ...}`` for every
-validation.
+[...], "time": ...}`` for every training batch (``time``: wall clock at the step's end; on CUDA also
+``gpu_mem_peak_gb`` / ``gpu_mem_reserved_peak_gb``, the peaks so far), and ``{"event": "val", "step": ...,
+"val/t2v/R@1": ...}`` for every validation.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["setup_logging", "MetricsLogger", "read_metrics", "truncate_metrics"]
+__all__ = ["setup_logging", "MetricsLogger", "read_metrics", "truncate_metrics", "cuda_memory_stats"]
 
 _FORMAT = "%(asctime)s %(levelname)s [rank %(rank)s] %(name)s: %(message)s"
 
@@ -109,6 +110,22 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def cuda_memory_stats(device: Any) -> dict[str, float]:
+    """Peak GPU memory of this process on ``device`` since start (or the last
+    ``torch.cuda.reset_peak_memory_stats``), in GiB: ``{"gpu_mem_peak_gb": max_memory_allocated,
+    "gpu_mem_reserved_peak_gb": max_memory_reserved}``; ``{}`` for a non-CUDA device."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {}
+    gib = float(1 << 30)
+    return {
+        "gpu_mem_peak_gb": round(torch.cuda.max_memory_allocated(device) / gib, 4),
+        "gpu_mem_reserved_peak_gb": round(torch.cuda.max_memory_reserved(device) / gib, 4),
+    }
 
 
 def read_metrics(path: str, event: str | None = "train") -> list[dict[str, Any]]:

@@ -297,7 +297,7 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
 
     from shards.reader import build_loader
     from training.checkpoint import TrainerProgress, load_checkpoint, resolve_resume, save_checkpoint
-    from training.logging_utils import MetricsLogger, truncate_metrics
+    from training.logging_utils import MetricsLogger, cuda_memory_stats, truncate_metrics
     from training.losses.head import compute_losses
     from training.memory_bank import MemoryBank
     from training.model import NeighborRetrModel
@@ -437,6 +437,8 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
                 progress.step_in_epoch += 1
                 if accelerator.sync_gradients:
                     progress.opt_step += 1
+                if accelerator.device.type == "cuda":  # compute_s includes the queued backward/step kernels
+                    torch.cuda.synchronize(accelerator.device)  # (the .cpu() below would wait for them too)
                 t_done = time.perf_counter()
                 from training.distributed import gather_nograd
 
@@ -459,6 +461,8 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
                     "pad": int(batch["is_pad"].sum()) if "is_pad" in batch else 0,
                     "sample_index": indices,
                     "sample_digest": _index_digest(indices),
+                    "time": round(time.time(), 3),  # wall clock at the step's end (throughput incl. logging)
+                    **cuda_memory_stats(accelerator.device),  # peak GPU memory so far (CUDA only)
                 }
                 metrics_log.log(record, tb=progress.step % cfg.run.log_every_steps == 0)
                 if bar is not None:
