@@ -44,6 +44,7 @@ from shards.schema import frame_index, is_frame_member
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "normalize_frames",
     "Tokenizer",
     "default_tokenizer",
     "tokenize",
@@ -391,6 +392,22 @@ def frames_from_hwc(
     if bool(pad.any()):
         out[pad] = 0
     return out
+
+
+def normalize_frames(frames: torch.Tensor, frame_mask: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+    """uint8 frames ``[B,T,3,H,W]`` (the reader's ``output="uint8"``) -> the float batch the reader would give.
+
+    ``x * 1/(255 std) - mean/std`` (or ``x / 255``) with the same per-channel constants as
+    :func:`frames_from_hwc`, on the frames' own device (e.g. after copying the uint8 batch to the GPU: 4x fewer
+    bytes than float); frames where ``frame_mask [B,T]`` is 0 are 0.
+    """
+    if frames.dtype != torch.uint8 or frames.dim() != 5 or frames.shape[2] != 3:
+        raise ValueError(f"frames must be uint8 [B,T,3,H,W], got {frames.dtype} {list(frames.shape)}")
+    if tuple(frame_mask.shape) != tuple(frames.shape[:2]):
+        raise ValueError(f"frame_mask must be {list(frames.shape[:2])}, got {list(frame_mask.shape)}")
+    scale, bias = (t.to(frames.device) for t in _affine_cached("float", normalize))
+    out = frames.float().mul_(scale).add_(bias)
+    return out.mul_((frame_mask != 0).to(out.dtype)[:, :, None, None, None])
 
 
 def parse_meta(members: dict[str, bytes]) -> tuple[str, list[str], dict[str, Any]]:

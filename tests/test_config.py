@@ -140,6 +140,8 @@ def test_not_a_mapping_and_missing_file(tmp_path):
         (["optim.betas=[0.9]"], 1, "optim.betas: must be two numbers"),
         (["data.batch_size=0"], 1, "data.batch_size: must be > 0"),
         (["data.caption_mode=some"], 1, "data.caption_mode: 'some' not in"),
+        (["data.frames=uint16"], 1, "data.frames: 'uint16' not in ['auto', 'float', 'uint8']"),
+        (["data.convert_in=gpu"], 1, "data.convert_in: 'gpu' not in ['auto', 'main', 'worker']"),
         (["run.mixed_precision=fp8"], 1, "run.mixed_precision: 'fp8' not in"),
         (["bank.prefill_batches=0"], 1, "bank.capacity: the bank is enabled but has no size"),
         (
@@ -161,6 +163,21 @@ def test_impossible_values_fail_validation(tiny_root, overrides, world, expected
     with pytest.raises(ConfigError) as err:
         validate_config(cfg, world_size=world)
     assert expected in str(err.value)
+
+
+def test_frame_output_follows_data_frames(tiny_root):
+    import torch
+
+    from training.config import frame_output, loader_config
+
+    assert frame_output("auto") == ("uint8" if torch.cuda.is_available() else "float")
+    assert frame_output("uint8") == "uint8" and frame_output("float") == "float"
+    cfg = _cfg(tiny_root, overrides=["data.frames=uint8"])
+    lcfg = loader_config(cfg, cfg.data.train, purpose="train", world_size=1)
+    assert (lcfg.output, lcfg.convert_in) == ("uint8", "worker")  # auto: uint8 batches are made by the workers
+    cfg = _cfg(tiny_root, overrides=["data.frames=float"])
+    lcfg = loader_config(cfg, cfg.data.train, purpose="train", world_size=1)
+    assert (lcfg.output, lcfg.convert_in) == ("float", "main")
 
 
 def test_fp16_needs_cuda(tiny_root):

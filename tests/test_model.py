@@ -59,6 +59,18 @@ def _bias(mask: torch.Tensor, heads: int) -> torch.Tensor:
     return bias.repeat_interleave(heads, dim=0)
 
 
+def test_uint8_frames_are_normalised_like_the_loaders_float_frames(model):
+    from shards.transforms import frames_from_hwc
+
+    gen = torch.Generator().manual_seed(5)
+    wire = torch.randint(0, 256, (2, 4, 64, 64, 3), generator=gen, dtype=torch.uint8)
+    frame_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    with torch.no_grad():
+        from_float = model.encode_video(frames_from_hwc(wire, frame_mask, output="float"), frame_mask)
+        from_uint8 = model.encode_video(frames_from_hwc(wire, frame_mask, output="uint8"), frame_mask)
+    torch.testing.assert_close(from_uint8, from_float, atol=0, rtol=0)
+
+
 def test_padded_frames_do_not_change_real_frames(model):
     pixels, frame_mask, _, _ = _batch(2, 8, 6)
     changed = pixels.clone()

@@ -20,6 +20,7 @@ from shards.transforms import (
     frames_to_hwc,
     frames_to_tensor,
     jpeg_size,
+    normalize_frames,
     sample_augment,
 )
 
@@ -102,6 +103,23 @@ def test_frames_from_hwc_matches_brute_force():
                 np.testing.assert_allclose(raw[b, t].numpy(), chw / 255.0, atol=1e-6)
             else:
                 assert not u8[b, t].any() and not fl[b, t].any() and not raw[b, t].any()
+
+
+def test_normalize_frames_equals_the_loaders_float_output():
+    # uint8 batch normalised on its device == the float batch the loader's main process makes, padding 0
+    rng = np.random.default_rng(1)
+    wire = torch.from_numpy(rng.integers(0, 256, size=(2, 3, 4, 5, 3), dtype=np.uint8))
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    u8 = frames_from_hwc(wire, mask, output="uint8")
+    for normalize in (True, False):
+        want = frames_from_hwc(wire, mask, output="float", normalize=normalize)
+        got = normalize_frames(u8, mask, normalize=normalize)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"frames must be uint8 \[B,T,3,H,W\]"):
+        normalize_frames(u8.float(), mask)
+    with pytest.raises(ValueError, match=r"frame_mask must be \[2, 3\]"):
+        normalize_frames(u8, mask[:, :2])
 
 
 def test_frames_from_hwc_fills_the_given_buffer_and_names_bad_inputs():

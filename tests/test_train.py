@@ -341,3 +341,29 @@ def test_score_split_assembles_ids_gt_and_relevance():
     assert first.query_ids == ["k1", "k2"] and first.gt.tolist() == [0, 1] and first.relevance is None
     with pytest.raises(ValueError, match="similarity must be 'local' or 'pooled'"):
         score_split(model, [b1], device="cpu", caption_mode="first", similarity="global")
+
+
+def test_uint8_frames_train_exactly_like_float_frames(tmp_path):
+    # data.frames=uint8 moves uint8 batches and normalises in the model: the same losses, bit for bit
+    root = write_dataset(str(tmp_path / "data"), n_train=24, n_val=8, n_test=8)
+    losses = {}
+    for frames in ("float", "uint8"):
+        out = tmp_path / f"run_{frames}"
+        cfg = tmp_path / f"cfg_{frames}.yaml"
+        cfg.write_text(tiny_config_text(root, str(out)))
+        run_cli(
+            [
+                "training.train",
+                "--config",
+                str(cfg),
+                f"data.frames={frames}",
+                "optim.max_steps=2",
+                "eval.at_epoch_end=false",
+                "run.log_every_steps=1",
+            ]
+        )
+        with open(out / "metrics.jsonl") as fh:
+            records = [json.loads(line) for line in fh]
+        losses[frames] = [r["loss/total"] for r in records if "loss/total" in r]
+    assert len(losses["float"]) == 2
+    assert losses["uint8"] == losses["float"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from shards.transforms import normalize_frames
 from training.encoders import build_clip, clip_dims, encode_frames, encode_text_tokens, text_tower
 from training.features import Features
 from training.heads import TemporalTransformer, TokenWeighting, attention_heads
@@ -151,10 +152,12 @@ class NeighborRetrModel(nn.Module):
         return encode_text_tokens(self.clip, text_ids, text_mask)
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """frames [B, F, 3, H, W] normalised, frame_mask [B, F] -> video tokens [B, F, D].
+        """frames [B, F, 3, H, W] normalised (or uint8, normalised here), frame_mask [B, F] -> tokens [B, F, D].
 
         E = per-frame CLIP image embeddings; V = Transformer(E + P[:F]; key padding) + E.
         """
+        if frames.dtype == torch.uint8:  # the loader's uint8 output (data.frames): normalise on this device
+            frames = normalize_frames(frames, frame_mask)
         return self.temporal(encode_frames(self.clip, frames), frame_mask)
 
     def merge_text(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
