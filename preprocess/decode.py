@@ -21,8 +21,9 @@ any other file, or a plan decord does not accept, is decoded whole. Measured on 
 ``veryfast`` clips (keyint 250): 165 of 300 pictures decoded for 12 uniform frames, ~40% less CPU.
 
 Probing (fps, frame count, duration, width, height) uses decord's metadata (decoding frame 0 for the size) or,
-on the ffmpeg path, one stream-copy pass ``ffmpeg -i f -map 0:v:0 -c copy -f null -`` whose log gives the
-stream header and the exact packet count. ffprobe is not needed at run time.
+on the ffmpeg path, one stream-copy pass ``ffmpeg -i f -map 0:v:0 -c copy -f framecrc pipe:`` whose log gives
+the stream header and whose output has one line per packet (the exact count, in every ffmpeg version: 7.0 leaves
+the ``frame=`` statistics out for stream copies). ffprobe is not needed at run time.
 
 decord quirk: some tiny frame widths (48 px) fail with "DECORDArrayCopyFromTo: The size must exactly match";
 the job's ffmpeg fallback covers them.
@@ -232,7 +233,6 @@ _DURATION_RE = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _VIDEO_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<rest>.*)")
 _SIZE_RE = re.compile(r"(?<![0-9a-fx])(\d{1,5})x(\d{1,5})(?![0-9])")
 _FPS_RE = re.compile(r"(\d+(?:\.\d+)?)(k?) (fps|tbr)")
-_FRAME_RE = re.compile(r"frame=\s*(\d+)")
 
 
 def _run(
@@ -256,7 +256,9 @@ def _last_error(stderr: bytes) -> str:
 def _probe_ffmpeg(path: str, timeout: float | None = None) -> VideoInfo:
     import ffmpeg
 
-    stream = ffmpeg.input(path).output("-", format="null", map="0:v:0", c="copy")
+    # one framecrc line per video packet on stdout: the frame count without relying on the "frame=" statistics
+    # field, which some ffmpeg builds (7.0) leave out for stream copies
+    stream = ffmpeg.input(path).output("pipe:", format="framecrc", map="0:v:0", c="copy")
     args = ffmpeg.compile(stream, cmd=ffmpeg_decoder_binary())
     args[1:1] = ["-hide_banner", "-nostdin"]
     proc = _run(args, path, timeout)
@@ -269,11 +271,11 @@ def _probe_ffmpeg(path: str, timeout: float | None = None) -> VideoInfo:
     rest = video.group("rest")
     size = _SIZE_RE.search(rest)
     fps_m = _FPS_RE.search(rest)
-    frames = _FRAME_RE.findall(log)
+    packets = sum(1 for line in proc.stdout.splitlines() if line.strip() and not line.startswith(b"#"))
     if size is None or fps_m is None:
         raise DecodeError(f"ffmpeg reports no frame size / rate for {path}: {rest[:200]}")
     fps = float(fps_m.group(1)) * (1000.0 if fps_m.group(2) else 1.0)
-    n = int(frames[-1]) if frames else 0
+    n = packets
     if proc.returncode != 0 or n <= 0:
         raise DecodeError(f"ffmpeg cannot read the video stream of {path}: {_last_error(proc.stderr)}")
     return VideoInfo(
