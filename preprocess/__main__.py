@@ -5,7 +5,9 @@ Every field of :class:`preprocess.config.PreprocessConfig` can be overridden (``
 give each ``--num_jobs N --job_index J`` (same command otherwise), then run ``python -m shards.index ROOT/SPLIT``.
 Re-running the same command resumes: complete shards are skipped, incomplete ones rewritten.
 
-Exit codes: 0 done (failed inputs are listed in the failures sidecars), 2 bad config or annotations.
+Exit codes: 0 done (failed inputs are listed in the failures sidecars), 1 every input this job decoded failed
+(a wrong ``video_root`` or a broken decoder, not bad videos; the failure rows name the reasons), 2 bad config or
+annotations.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     if summary.manifest is not None:
         m = summary.manifest
         print(f"manifest: {m.get('inputs')} inputs = {m.get('ok')} ok + {m.get('failed')} failed")  # noqa: T201
+    if summary.failed and not summary.ok:
+        print(  # noqa: T201
+            f"error: all {summary.failed} inputs this job decoded failed (see failures.jsonl in {cfg.out}); "
+            "check video_root and the decoder",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

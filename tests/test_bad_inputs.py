@@ -102,6 +102,18 @@ def test_malformed_annotation_stops_before_any_work(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_job_exits_1_when_every_input_failed(tmp_path, capsys):
+    from preprocess.__main__ import main
+
+    anno = write_jsonl(str(tmp_path / "anno.jsonl"), [{"video_path": f"gone{i}.mp4", "caption": "c"} for i in range(3)])
+    out = tmp_path / "out"
+    rc = main(["--dataset", "jsonl", "--anno_path", anno, "--out", str(out), "--progress", "false",
+               "--num_workers", "1"])
+    assert rc == 1
+    assert "all 3 inputs this job decoded failed" in capsys.readouterr().err
+    assert len(_failures(str(out / "train"))) == 3  # still recorded, one row each
+
+
 @pytest.mark.parametrize("override,message", [(("num_frames", "0"), "num_frames must be >= 1"),
                                               (("decoder", "opencv"), "decoder 'opencv'")])
 def test_bad_settings_are_named(tmp_path, capsys, override, message):
