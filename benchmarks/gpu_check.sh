@@ -11,6 +11,13 @@
 # Usage, on the GPU machine from the repository root (the wheels in .whl/ supply what its Python lacks):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 #       .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_check.sh
+# The wheels (for a GPU machine without network; Python 3.12 there): on a machine with PyPI access, from the root,
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       --platform manylinux2010_x86_64 -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 \
+#       webdataset==1.0.2 braceexpand==0.1.7 simplejpeg==1.9.0 ffmpeg-python==0.2.0 future==1.0.0 \
+#       imageio-ffmpeg==0.6.0 decord==0.6.0
+#   (the set used on 2026-11-27; everything else, torch included, was on the machine already)
 # Toy scale on a CPU machine (same pipeline: nr-tiny model, 64 px, 96 clips, bf16 on the CPU; the loader benchmark
 # without the GPU option, plus a check that --jpeg-device cuda refuses to run without CUDA):
 #   PY=.venv/bin/python OUT=/tmp/gpu_check_out bash benchmarks/gpu_check.sh --tiny
