@@ -188,3 +188,21 @@ def test_unknown_and_mismatching_pretrained(tiny, tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError, match="does not fit architecture 'nr-tiny'.*text_projection"):
         load_clip_weights(build_clip("nr-tiny"), str(path), arch="nr-tiny")
+
+
+def test_build_clip_says_what_it_built_without_open_clips_random_init_warning(caplog, tiny, tmp_path):
+    import logging
+
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))
+    filters_before = list(logging.getLogger().filters)
+    with caplog.at_level(logging.INFO):
+        build_clip("nr-tiny", str(path))
+    messages = [(r.name, r.getMessage()) for r in caplog.records]
+    assert not any("initialized randomly" in m or "No pretrained weights" in m for _, m in messages), messages
+    assert ("training.encoders", f"CLIP nr-tiny: state_dict weights from {path}") in messages
+    assert logging.getLogger().filters == filters_before  # the filter only lives during create_model
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger().info("root records still pass")  # what open_clip does, outside build_clip
+    assert [r.getMessage() for r in caplog.records] == ["root records still pass"]

@@ -19,10 +19,12 @@ architecture yourself when the state dict came from OpenAI weights.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +177,26 @@ def _looks_like_path(value: str) -> bool:
     return os.sep in value or "/" in value or value.lower().endswith(_STATE_DICT_SUFFIXES)
 
 
+class _DropOpenClipChatter(logging.Filter):
+    """Drops open_clip's below-ERROR records: it logs them on the root logger, among them "No pretrained weights
+    loaded ... initialized randomly" even when the weights are loaded right after (``build_clip`` says instead
+    what it built)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        inside = f"{os.sep}open_clip{os.sep}" in record.pathname
+        return not (inside and record.levelno < logging.ERROR)
+
+
+@contextlib.contextmanager
+def _open_clip_quiet() -> Iterator[None]:
+    root, quiet = logging.getLogger(), _DropOpenClipChatter()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def build_clip(arch: str, pretrained: str | None = None, *, image_size: int | None = None) -> nn.Module:
     """Build an open_clip CLIP model and load its weights.
 
@@ -224,16 +246,21 @@ def build_clip(arch: str, pretrained: str | None = None, *, image_size: int | No
     kwargs: dict[str, Any] = {"force_quick_gelu": quick_gelu, "force_image_size": image_size}
     if source == "tag":
         try:
-            model = open_clip.create_model(arch, pretrained=pretrained, **kwargs)
+            with _open_clip_quiet():
+                model = open_clip.create_model(arch, pretrained=pretrained, **kwargs)
         except RuntimeError as err:
             raise RuntimeError(
                 f"model.pretrained: could not fetch open_clip weights {arch}/{pretrained} ({err}); offline, pass "
                 "a local checkpoint file instead"
             ) from err
     else:
-        model = open_clip.create_model(arch, pretrained=None, **kwargs)
+        with _open_clip_quiet():
+            model = open_clip.create_model(arch, pretrained=None, **kwargs)
         if source is not None:
             load_clip_weights(model, pretrained, torchscript=source == "jit", arch=arch)
+    logger.info(
+        "CLIP %s: %s", arch, f"{source} weights from {pretrained}" if source else "random init (no weights)"
+    )
     model = model.float()
     model.train()
     return model
