@@ -23,7 +23,6 @@ Ends with ``RESULT gpu_samples_per_s=<f> gpu_peak_mem_gb=<f> gpu_data_wait_frac=
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from typing import Any
@@ -33,19 +32,9 @@ __all__ = ["load_train_records", "summarise", "result_line", "main"]
 
 def load_train_records(path: str) -> list[dict[str, Any]]:
     """The ``"event": "train"`` records of a metrics JSONL file, in file order."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
-            if rec.get("event") == "train":
-                out.append(rec)
-    return out
+    from training.logging_utils import read_metrics
+
+    return read_metrics(path, "train")
 
 
 def _epoch_start_flags(records: list[dict[str, Any]]) -> list[bool]:

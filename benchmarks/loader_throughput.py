@@ -162,25 +162,33 @@ def write_shards(
     extract = decord_frames if use_decord else ffmpeg_frames
     jpegs = [[simplejpeg.encode_jpeg(np.ascontiguousarray(f), quality=90) for f in extract(p)] for p in clips]
     per_shard = max(1, len(clips) * repeat // num_shards)
-    sizes, n, shard = {}, 0, None
-    for r in range(repeat):
-        for c, frames in enumerate(jpegs):
-            if n % per_shard == 0:
-                if shard is not None:
-                    shard.close()
-                    sizes[shard.stats.shard] = shard.stats.samples
-                shard = ShardWriter(root, "bench", n // per_shard)
-            cap = f"a test pattern video number {c} copy {r}"
-            members = {f"f{i:03d}.jpg": b for i, b in enumerate(frames)}
-            members["txt"] = cap.encode()
-            members["json"] = encode_json({"video_id": f"clip{c}", "captions": [cap], "num_frames": T})
-            shard.write(f"clip{c:03d}_{r:03d}", members)
-            n += 1
+    samples = [
+        (f"clip{c:03d}_{r:03d}", f"clip{c}", f"a test pattern video number {c} copy {r}", frames)
+        for r in range(repeat)
+        for c, frames in enumerate(jpegs)
+    ]
+    write_jpeg_split(root, samples, per_shard)
+    return jpegs
+
+
+def write_jpeg_split(root: str, samples: list[tuple[str, str, str, list[bytes]]], per_shard: int) -> None:
+    """Shards ``{root}/bench/bench-NNNNNN.tar`` of ``per_shard`` samples each, plus ``sizes.json``, from
+    ``(key, video_id, caption, jpeg frames)`` tuples in order."""
+    sizes, shard = {}, None
+    for n, (key, video_id, cap, frames) in enumerate(samples):
+        if n % per_shard == 0:
+            if shard is not None:
+                shard.close()
+                sizes[shard.stats.shard] = shard.stats.samples
+            shard = ShardWriter(root, "bench", n // per_shard)
+        members = {f"f{i:03d}.jpg": b for i, b in enumerate(frames)}
+        members["txt"] = cap.encode()
+        members["json"] = encode_json({"video_id": video_id, "captions": [cap], "num_frames": len(frames)})
+        shard.write(key, members)
     shard.close()
     sizes[shard.stats.shard] = shard.stats.samples
     with open(os.path.join(root, "bench", "sizes.json"), "w") as f:
         json.dump(sizes, f)
-    return jpegs
 
 
 def loader_config(root: str, batch_size: int, output: str = "float", workers: int = 1) -> LoaderConfig:

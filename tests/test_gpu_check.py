@@ -87,32 +87,11 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write_split(root: str, clips: list[list[bytes]], per_shard: int) -> None:
-    from shards.writer import ShardWriter, encode_json
-
-    sizes, shard = {}, None
-    for i, frames in enumerate(clips):
-        if i % per_shard == 0:
-            if shard is not None:
-                shard.close()
-                sizes[shard.stats.shard] = shard.stats.samples
-            shard = ShardWriter(root, "bench", i // per_shard)
-        members = {f"f{k:03d}.jpg": b for k, b in enumerate(frames)}
-        members["txt"] = f"clip {i}".encode()
-        members["json"] = encode_json(
-            {"video_id": f"v{i}", "captions": [f"clip {i}"], "num_frames": len(frames)}
-        )
-        shard.write(f"clip{i:03d}", members)
-    shard.close()
-    sizes[shard.stats.shard] = shard.stats.samples
-    with open(os.path.join(root, "bench", "sizes.json"), "w") as f:
-        json.dump(sizes, f)
-
-
 def test_byte_batches_cover_every_sample_once_per_worker_split(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     clips = [[_jpeg(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(2)] for _ in range(7)]
-    _write_split(str(tmp_path), clips, per_shard=2)  # 4 shards: 2, 2, 2, 1 samples
+    samples = [(f"clip{i:03d}", f"v{i}", f"clip {i}", frames) for i, frames in enumerate(clips)]
+    lt.write_jpeg_split(str(tmp_path), samples, per_shard=2)  # 4 shards: 2, 2, 2, 1 samples
     paths = lt.shard_paths(str(tmp_path))
     assert [os.path.basename(p) for p in paths] == [f"bench-{i:06d}.tar" for i in range(4)]
     seen: list[bytes] = []

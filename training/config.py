@@ -668,6 +668,7 @@ def loader_config(
     d = cfg.data
     train = purpose in ("train", "bank")
     global_batch = d.batch_size if train else d.eval_batch_size
+    output = frame_output(d.frames)
     values: dict[str, Any] = {
         "urls": None,
         "root": None,
@@ -677,10 +678,8 @@ def loader_config(
         "num_frames": cfg.model.max_frames,
         "max_words": cfg.model.max_words,
         "frame_size": d.frame_size,
-        "output": frame_output(d.frames),
-        "convert_in": d.convert_in
-        if d.convert_in != "auto"
-        else ("worker" if frame_output(d.frames) == "uint8" else "main"),
+        "output": output,
+        "convert_in": d.convert_in if d.convert_in != "auto" else ("worker" if output == "uint8" else "main"),
         "normalize": True,
         "augment": bool(d.augment and train),
         "caption_mode": caption_mode or (d.caption_mode if train else "first"),

@@ -132,11 +132,14 @@ def read_metrics(path: str, event: str | None = "train") -> list[dict[str, Any]]
     """All records of ``metrics.jsonl`` (optionally only one ``event`` kind), in file order."""
     out = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
             if event is None or rec.get("event") == event:
                 out.append(rec)
     return out

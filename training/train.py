@@ -363,6 +363,17 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
         total_opt_steps,
     )
 
+    def checkpoint(loader_position: dict) -> None:
+        """Save the run at ``progress.step`` with the loader's resume position (``{}`` at an epoch end)."""
+        save_checkpoint(
+            accelerator,
+            run_dir,
+            step=progress.step,
+            cfg=cfg,
+            loader_state=loader_position,
+            keep_last=cfg.run.keep_last,
+        )
+
     last: dict[str, float] = {}
     stop = False
     bar = None
@@ -486,14 +497,7 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
                     and accelerator.sync_gradients
                     and progress.step_in_epoch < steps_per_epoch
                 ):
-                    save_checkpoint(
-                        accelerator,
-                        run_dir,
-                        step=progress.step,
-                        cfg=cfg,
-                        loader_state=loader.state_dict(),
-                        keep_last=cfg.run.keep_last,
-                    )
+                    checkpoint(loader.state_dict())
                 if cfg.optim.max_steps is not None and progress.step >= cfg.optim.max_steps:
                     stop = True
                     break
@@ -508,25 +512,11 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
             progress.epoch, progress.step_in_epoch = epoch + 1, 0
             if cfg.eval.at_epoch_end:
                 validator(model, progress)
-            save_checkpoint(
-                accelerator,
-                run_dir,
-                step=progress.step,
-                cfg=cfg,
-                loader_state={},
-                keep_last=cfg.run.keep_last,
-            )
+            checkpoint({})
         if stop:  # max_steps reached mid-epoch: validate and checkpoint the final state
             if validator.enabled:
                 validator(model, progress)
-            save_checkpoint(
-                accelerator,
-                run_dir,
-                step=progress.step,
-                cfg=cfg,
-                loader_state=loader.state_dict(),
-                keep_last=cfg.run.keep_last,
-            )
+            checkpoint(loader.state_dict())
     finally:
         if bar is not None:
             bar.close()
