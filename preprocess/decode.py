@@ -251,11 +251,8 @@ def _run(
     args: list[str], path: str, timeout: float | None, feed: bytes | None = None
 ) -> subprocess.CompletedProcess:
     try:
-        if feed is None:
-            return subprocess.run(
-                args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
-            )
-        return subprocess.run(args, capture_output=True, timeout=timeout, input=feed, check=False)
+        stdin = subprocess.DEVNULL if feed is None else None  # ``input`` supplies stdin otherwise
+        return subprocess.run(args, capture_output=True, timeout=timeout, stdin=stdin, input=feed, check=False)
     except subprocess.TimeoutExpired as exc:
         raise _Timeout(f"ffmpeg timed out after {timeout} s on {path}") from exc
 
