@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefix", default="test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    import nrconfig  # here, not at import time: shard readers never load the config machinery
+
+    nrconfig.add_version(p)
     return p.parse_args(argv)
 
 

@@ -1,8 +1,9 @@
-"""``python -m preprocess --config configs/preprocess/X.yaml [--key value ...]``: run the shard job.
+"""``nr-preprocess --config X [key=value ...]`` (``python -m preprocess``): run the shard job.
 
-Every field of :class:`preprocess.config.PreprocessConfig` can be overridden (``--num_workers 8``,
-``--out s3://bucket/prefix``, ``--storage.endpoint_url http://minio:9000``). Parallel jobs on several machines:
-give each ``--num_jobs N --job_index J`` (same command otherwise), then run ``python -m shards.index ROOT/SPLIT``.
+Every field of :class:`preprocess.config.PreprocessConfig` can be overridden (``num_workers=8``,
+``out=s3://bucket/prefix``, ``storage.endpoint_url=http://minio:9000``); ``--help`` lists them. Parallel jobs on
+several machines: give each ``num_jobs=N job_index=J`` (same command otherwise), then run
+``nr-shards-index ROOT/SPLIT``.
 Re-running the same command resumes: complete shards are skipped, incomplete ones rewritten.
 
 Exit codes: 0 done (failed inputs are listed in the failures sidecars), 1 every input this job decoded failed
@@ -16,29 +17,40 @@ import argparse
 import logging
 import sys
 
-from preprocess.config import ConfigError, load_config, parse_overrides
+import nrconfig
+from preprocess.config import ConfigError, PreprocessConfig, load_config
 
-__all__ = ["main"]
+__all__ = ["main", "PROG"]
+
+PROG = "nr-preprocess"
+
+
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING | ERROR")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m preprocess",
-        description="Decode videos into WebDataset shards (format v1). Extra --key value pairs override the config.",
-    )
-    parser.add_argument("--config", help="YAML file with PreprocessConfig fields")
-    parser.add_argument("--log-level", default="INFO")
-    args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from preprocess.annotations import AnnotationError
     from preprocess.job import run_job
 
     try:
-        cfg = load_config(args.config, parse_overrides(rest))
+        cfg, args = nrconfig.parse_args(
+            PreprocessConfig,
+            argv,
+            prog=PROG,
+            description="Decode videos into WebDataset shards (format v1).",
+            add_arguments=_options,
+            load=load_config,
+            config_dir="preprocess",
+            epilog="example: nr-preprocess --config msrvtt video_root=data/msrvtt/videos out=shards/msrvtt",
+        )
+    except ConfigError as exc:
+        return nrconfig.cli_error(PROG, exc)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
         summary = run_job(cfg)
     except (ConfigError, AnnotationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
+        return nrconfig.cli_error(PROG, exc)
     print(summary.line())  # noqa: T201
     if summary.manifest is not None:
         m = summary.manifest

@@ -1,4 +1,4 @@
-"""PreprocessConfig: the settings of one shard job, loaded from YAML with ``--key value`` CLI overrides.
+"""PreprocessConfig: the settings of one shard job, loaded from YAML with ``key=value`` CLI overrides.
 
 Example ``configs/preprocess/msrvtt.yaml``::
 
@@ -9,28 +9,24 @@ Example ``configs/preprocess/msrvtt.yaml``::
     out: s3://bucket/msrvtt        # or a local folder
     num_frames: 12
 
-CLI: ``python -m preprocess --config X.yaml --num_workers 4 --out /data/shards`` (``--key=value`` works too; keys
-may use ``-`` or ``_``; ``--storage.endpoint_url URL`` sets a storage field).
+CLI: ``nr-preprocess --config X.yaml num_workers=4 out=/data/shards`` (``storage.endpoint_url=URL`` sets a storage
+field; the old ``--key value`` spelling still works, with a deprecation warning). Keys and types are checked by
+:mod:`nrconfig` (OmegaConf); :meth:`PreprocessConfig.validate` checks the values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+import nrconfig
+from nrconfig import ConfigError
 from preprocess.decode import BACKENDS
 from shards.fs import StorageOptions
 from shards.schema import SAMPLERS
 
 __all__ = ["ConfigError", "PreprocessConfig", "load_config", "parse_overrides"]
-
-
-class ConfigError(ValueError):
-    """A preprocessing setting is missing, unknown or invalid; the message names it."""
 
 
 @dataclass
@@ -64,6 +60,14 @@ class PreprocessConfig:
         for name in ("dataset", "anno_path", "out", "split"):
             if not getattr(self, name):
                 raise ConfigError(f"preprocess config: {name!r} is required")
+        from preprocess.annotations import DATASETS
+
+        if self.dataset not in DATASETS:
+            close = [d for d in DATASETS if d.lower() == self.dataset.lower()]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"preprocess config: dataset {self.dataset!r} is not one of {', '.join(DATASETS)}{hint}"
+            )
         positive = ("num_workers", "shard_size", "num_frames", "frame_size", "num_jobs", "recycle_after")
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -93,65 +97,36 @@ class PreprocessConfig:
         return d
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(PreprocessConfig)}
-_STORAGE_FIELDS = {f.name: f for f in dataclasses.fields(StorageOptions)}
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Convert a YAML/CLI value to the type of the field's default."""
-    if value is None:
-        return None
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, str):
-            return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"preprocess config: {name} = {value!r} is not a valid {type(default).__name__}") from exc
-    return value
-
-
-def _apply(cfg: PreprocessConfig, key: str, value: Any, source: str) -> None:
-    key = key.replace("-", "_")
-    if key.startswith("storage."):
-        sub = key.split(".", 1)[1]
-        if sub not in _STORAGE_FIELDS:
-            raise ConfigError(f"{source}: unknown storage option {sub!r} (known: {', '.join(_STORAGE_FIELDS)})")
-        default = getattr(StorageOptions(), sub)
-        setattr(cfg.storage, sub, _coerce(key, value, default) if default is not None else value)
-        return
-    if key not in _FIELDS:
-        raise ConfigError(f"{source}: unknown preprocess option {key!r} (known: {', '.join(_FIELDS)})")
-    if key == "storage":
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: storage must be a mapping, got {type(value).__name__}")
-        for k, v in value.items():
-            _apply(cfg, f"storage.{k}", v, source)
-        return
-    setattr(cfg, key, _coerce(key, value, getattr(PreprocessConfig(), key)))
+def _items(overrides: list[tuple[str, Any]] | list[str] | None) -> list[str] | dict[str, Any]:
+    """Overrides as ``key=value`` strings, or ``(key, value)`` pairs (Python values kept as they are)."""
+    if not overrides:
+        return []
+    if all(isinstance(o, str) for o in overrides):
+        return [str(o) for o in overrides]
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, value = item.split("=", 1) if isinstance(item, str) else item
+        node = tree
+        parts = str(key).replace("-", "_").split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return tree
 
 
 def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
-    """``["--a", "1", "--b=2"]`` -> ``[("a", "1"), ("b", "2")]``; raises :class:`ConfigError` on stray words."""
+    """``["num_workers=4", "--a", "1", "--b=2"]`` -> ``[("num_workers", "4"), ("a", "1"), ("b", "2")]`` (the
+    ``--key value`` spellings are the old ones; the CLI warns about them)."""
     out: list[tuple[str, str]] = []
     i = 0
     while i < len(argv):
         tok = argv[i]
-        if not tok.startswith("--") or len(tok) < 3:
-            raise ConfigError(f"unexpected argument {tok!r}: overrides look like --key value or --key=value")
-        if "=" in tok:
+        if not tok.startswith("--") and "=" in tok:
+            k, v = tok.split("=", 1)
+            i += 1
+        elif not tok.startswith("--") or len(tok) < 3:
+            raise ConfigError(f"unexpected argument {tok!r}: overrides look like key=value")
+        elif "=" in tok:
             k, v = tok[2:].split("=", 1)
             i += 1
         else:
@@ -159,25 +134,15 @@ def parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
                 raise ConfigError(f"override {tok} has no value")
             k, v = tok[2:], argv[i + 1]
             i += 2
-        out.append((k, v))
+        out.append((k.replace("-", "_"), v))
     return out
 
 
-def load_config(path: str | None = None, overrides: list[tuple[str, Any]] | None = None) -> PreprocessConfig:
-    """Defaults <- YAML file ``path`` <- ``overrides``; relative paths in the YAML stay relative to the CWD."""
-    cfg = PreprocessConfig(storage=StorageOptions())
-    if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-        for k, v in data.items():
-            _apply(cfg, str(k), v, path)
-    for k, v in overrides or []:
-        _apply(cfg, k, v, "command line")
-    return cfg.validate()
+def load_config(
+    path: str | None = None, overrides: list[tuple[str, Any]] | list[str] | None = None
+) -> PreprocessConfig:
+    """Defaults <- YAML file ``path`` (or the name of a shipped config: ``msrvtt`` is
+    ``configs/preprocess/msrvtt.yaml``) <- ``overrides``, then :meth:`PreprocessConfig.validate`. Relative
+    paths in the YAML stay relative to the CWD."""
+    sources = [nrconfig.resolve_config_path(path, "preprocess")] if path else []
+    return nrconfig.build(PreprocessConfig, *sources, overrides=_items(overrides)).validate()

@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    import nrconfig  # here, not at import time: shard readers never load the config machinery
+
+    nrconfig.add_version(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     t0 = time.perf_counter()

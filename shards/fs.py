@@ -36,10 +36,10 @@ __all__ = [
 class StorageOptions:
     """Where and how to reach object storage. Unset fields fall back to the AWS environment variables."""
 
-    endpoint_url: str | None = None
-    key: str | None = None
-    secret: str | None = None
-    anon: bool = False
+    endpoint_url: str | None = None  # S3 endpoint URL (None: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS)
+    key: str | None = None  # access key id (None: AWS_ACCESS_KEY_ID / credential chain)
+    secret: str | None = None  # secret access key (None: AWS_SECRET_ACCESS_KEY / credential chain)
+    anon: bool = False  # anonymous access (public buckets)
     retries: int = 5  # botocore's retry attempts for transient errors
 
     def s3fs_kwargs(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import sys
 import tarfile
 from typing import Any
@@ -333,7 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-incomplete", action="store_true", help="leave out trailing shards without stats.json"
     )
     p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    import nrconfig  # here, not at import time: shard readers never load the config machinery
+
+    nrconfig.add_version(p)
     args = p.parse_args(argv)
+    if "://" not in args.split_url and not os.path.isdir(args.split_url):
+        return nrconfig.cli_error(p.prog, f"split folder {args.split_url!r} does not exist")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     storage = sfs.StorageOptions(endpoint_url=args.endpoint_url) if args.endpoint_url else None
     try:

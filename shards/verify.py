@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import tarfile
 from dataclasses import dataclass, field
@@ -399,6 +400,17 @@ def verify_split(
     return report
 
 
+def _missing_split(prog: str, url: str) -> str | None:
+    """A one-line reason when a LOCAL split folder does not exist or holds no shards (a mistyped path)."""
+    if "://" in url:
+        return None
+    if not os.path.isdir(url):
+        return f"split folder {url!r} does not exist"
+    if not any(n.endswith(".tar") or n == "shardindex.json" for n in os.listdir(url)):
+        return f"split folder {url!r} has no shards (no *.tar, no shardindex.json)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: verify ``ROOT/SPLIT``; print each problem and a summary; exit 0 if clean, 1 on any problem."""
     p = argparse.ArgumentParser(prog="nr-shards-verify", description=__doc__.split("\n")[0])
@@ -407,7 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-decode", action="store_true", help="parse JPEG headers only (faster)")
     p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    import nrconfig  # here, not at import time: shard readers never load the config machinery
+
+    nrconfig.add_version(p)
     args = p.parse_args(argv)
+    problem = _missing_split(p.prog, args.split_url)
+    if problem:
+        return nrconfig.cli_error(p.prog, problem)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     storage = sfs.StorageOptions(endpoint_url=args.endpoint_url) if args.endpoint_url else None
     try:

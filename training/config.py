@@ -8,24 +8,23 @@
     validate_config(cfg, world_size=2)  # once, before any work; ConfigError lists every problem
     save_config(cfg, "runs/x/config.yaml")  # the resolved config
 
-Building a dataclass from a mapping checks every key (unknown keys are named with their dotted path and the
-closest known keys are suggested) and every value's type (``int`` for an ``int`` field, ``bool`` for ``bool``;
-``float`` fields accept integers and YAML 1.1 strings such as ``1e-4``).
+The schema is the dataclasses below; :mod:`nrconfig` (OmegaConf structured configs) merges defaults <- YAML <-
+overrides and checks every key (an unknown key is named with its dotted path and the closest known keys) and
+every value's type. :func:`validate_config` is ours: value ranges, world-size rules, shards present.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import math
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
+import nrconfig
+from nrconfig import ConfigError
 from shards.fs import StorageOptions
 
 __all__ = [
@@ -36,10 +35,7 @@ __all__ = [
     "EvalConfig",
     "RunConfig",
     "TrainConfig",
-    "from_dict",
     "to_dict",
-    "parse_overrides",
-    "apply_overrides",
     "load_config",
     "save_config",
     "config_from_yaml_text",
@@ -52,17 +48,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 MIXED_PRECISION = ("no", "bf16", "fp16")
 CAPTION_MODES = ("random", "all", "first")
 FRAME_OUTPUTS = ("auto", "float", "uint8")
 EVAL_CAPTION_MODES = ("auto", "first", "all")
 SIMILARITIES = ("auto", "local", "pooled")
-
-
-class ConfigError(ValueError):
-    """A configuration problem found before training starts; the message names the dotted key."""
 
 
 def _model_config_cls() -> type:
@@ -131,10 +121,10 @@ class OptimConfig:
     lr: float = 1e-4  # non-CLIP modules
     coef_lr: float = 1e-3  # CLIP parameters (names starting with ``clip.``) train at lr * coef_lr
     weight_decay: float = 0.2  # decoupled; none on biases, norms, position embeddings, logit_scale
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # AdamW (beta1, beta2)
+    eps: float = 1e-6  # AdamW epsilon
     warmup: float = 0.1  # fraction of total optimiser steps spent in linear warmup
-    epochs: int = 5
+    epochs: int = 5  # passes over the training split
     grad_clip: float = 1.0  # global grad-norm clip, once per optimiser step (0 disables)
     grad_accum: int = 1  # micro-batches per optimiser step (each micro-batch is one contrastive batch)
     max_steps: int | None = None  # stop after this many training batches (smoke tests); None = all epochs
@@ -146,7 +136,7 @@ class EvalConfig:
 
     split: str = "val"  # "val" (held-out) or "test" (selection on test: reported as such)
     every_steps: int = 0  # validate every N training batches (0: only at epoch end)
-    at_epoch_end: bool = True
+    at_epoch_end: bool = True  # validate after every epoch
     select_metric: str = "val/mean_R@1"  # mean of t2v and v2t R@1; any key produced by eval.report.evaluate
     select_mode: str = "max"  # max | min (e.g. for MnR)
     caption_mode: str = (
@@ -164,19 +154,19 @@ class RunConfig:
     """Run folder, seed, precision, cadence of logging and checkpoints."""
 
     out: str = "runs/default"  # run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, best/
-    seed: int = 42
+    seed: int = 42  # seeds model init, shuffling and augmentation (rank offsets added)
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast with fp32 master weights; fp16 needs CUDA)
     cpu: bool = False  # force CPU even when CUDA exists (CPU is used automatically without CUDA)
     save_every_steps: int = 0  # checkpoint every N training batches (0: only at epoch end)
     keep_last: int = 2  # periodic checkpoints kept (best/ is kept separately)
     log_every_steps: int = 1  # metrics.jsonl gets every step; this sets the console/TensorBoard cadence
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard events to {run.out}/tb
     progress: bool = True  # rank-0 tqdm bar
     # DDP: keep False. Parameters used by the losses outside ``forward`` (logit_scale, token-weight MLPs)
     # make find_unused_parameters=True fail ("mark a variable ready only once"); modules a loss kind does not
     # use are frozen instead (the InfoNCE baseline freezes the token weights and merge blocks).
     find_unused_parameters: bool = False
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
 
 
 def _default_model() -> Any:
@@ -200,214 +190,16 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-# Section types resolved lazily (the model/loss modules are imported only when a config is built).
-def _section_types() -> dict[str, type]:
-    return {
-        "data": DataConfig,
-        "model": _model_config_cls(),
-        "loss": _loss_config_cls(),
-        "bank": BankConfig,
-        "optim": OptimConfig,
-        "eval": EvalConfig,
-        "run": RunConfig,
-    }
-
-
 # ------------------------------------------------------------------------------------------------------------
-# dict <-> dataclass with type checks
+# YAML + overrides (OmegaConf, through nrconfig)
 # ------------------------------------------------------------------------------------------------------------
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (returning a possibly converted value) or raise
-    ConfigError."""
-    if tp is Any or tp is object:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{key}: must not be null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(
-            errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {_type_name(tp)}"
-        )
-    if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
-        return value
-    if origin in (list, tuple, set, typing.Sequence) or tp in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        args = typing.get_args(tp)
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple or tp is tuple else items
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if dataclasses.is_dataclass(value) and isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}")
-        return from_dict(tp, value, prefix=key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got bool {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
-    if tp is str:
-        if isinstance(value, bool):
-            raise ConfigError(
-                f"{key}: expected a string, got bool {value!r} (YAML reads no/yes/on/off/true/false as "
-                f'booleans: quote the value, e.g. {key}=\'"no"\' on the command line or "no" in YAML)'
-            )
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    if isinstance(tp, type):
-        if not isinstance(value, tp):
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-        return value
-    return value  # unknown annotation form: accept as is
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # noqa: BLE001 - a foreign dataclass with unresolvable annotations: no type checks
-        hints = {}
-    out = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        out[f.name] = hints.get(f.name, Any)
-    if cls is TrainConfig:
-        out.update(_section_types())
-    return out
-
-
-def _unknown_key_error(key: str, name: str, known: list[str], prefix: str) -> ConfigError:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f" (did you mean {', '.join(repr(_join(prefix, c)) for c in close)}?)" if close else ""
-    return ConfigError(
-        f"unknown config key {key!r}{hint}; known keys under {prefix or 'the top level'}: {', '.join(known)}"
-    )
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a nested mapping, checking keys and value types (``prefix`` names the
-    path)."""
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
-    types_ = _field_types(cls)
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        key = _join(prefix, str(name))
-        if name not in types_:
-            raise _unknown_key_error(key, str(name), list(types_), prefix)
-        kwargs[name] = _coerce(value, types_[name], key)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+# YAML 1.1 reads an unquoted `no` as the boolean False; for this field it can only mean the string "no"
+_YAML_BOOLS = {"run.mixed_precision": {False: "no"}}
 
 
 def to_dict(obj: Any) -> Any:
-    """Plain nested dict/list form of a config dataclass (tuples become lists) for YAML."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, list | tuple):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-# ------------------------------------------------------------------------------------------------------------
-# YAML + overrides
-# ------------------------------------------------------------------------------------------------------------
-def _parse_scalar(text: str) -> Any:
-    """``"3e-4"`` -> 3e-4, ``"8"`` -> 8, ``"true"`` -> True, ``"null"`` -> None, ``"[1,2]"`` -> [1, 2], else
-    str."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        f = float(text)
-        if text.strip().lower() not in ("nan", "inf", "-inf", "infinity", "-infinity"):
-            return f
-    except ValueError:
-        pass
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["optim.lr=3e-4", "run.out=runs/x"]`` -> ``{"optim.lr": 3e-4, "run.out": "runs/x"}``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        key, _, text = item.partition("=")
-        key = key.strip()
-        if not key or any(not p for p in key.split(".")):
-            raise ConfigError(f"override {item!r}: empty key")
-        out[key] = _parse_scalar(text)
-    return out
-
-
-def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys in a nested dict (creating intermediate mappings); returns the same dict."""
-    for key, value in overrides.items():
-        node = tree
-        parts = key.split(".")
-        for p in parts[:-1]:
-            child = node.get(p)
-            if child is None:
-                child = node[p] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {key!r}: {p!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
-    return tree
+    """Plain nested dict/list form of a config dataclass for YAML."""
+    return dataclasses.asdict(obj)
 
 
 def config_from_yaml_text(
@@ -420,24 +212,36 @@ def config_from_yaml_text(
         raise ConfigError(f"{source}: not valid YAML: {e}") from e
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(tree).__name__}")
-    apply_overrides(tree, parse_overrides(overrides or []))
-    run = tree.get("run")
-    if isinstance(run, dict) and run.get("mixed_precision") is False:
-        run["mixed_precision"] = "no"  # YAML 1.1 reads an unquoted `no` as the boolean False
-    return from_dict(TrainConfig, tree)
+    return _build(tree, overrides, source)
+
+
+def _build(tree: dict[str, Any] | None, overrides: list[str] | None, source: str) -> TrainConfig:
+    for name, value in (tree or {}).items():
+        if name in _SECTIONS and not isinstance(value, dict | None):
+            raise ConfigError(f"{name}: expected a mapping of {name} keys, got {value!r} ({source})")
+    sources = [tree] if tree else []
+    cfg = nrconfig.build(TrainConfig, *sources, overrides=overrides or [], yaml_bools=_YAML_BOOLS)
+    for name in _SECTIONS:  # model/loss are ``Any`` fields: a scalar would replace the section
+        if not dataclasses.is_dataclass(getattr(cfg, name)):
+            raise ConfigError(f"{name}: expected a mapping of {name} keys, got {getattr(cfg, name)!r}")
+    return cfg
+
+
+_SECTIONS = ("data", "model", "loss", "bank", "optim", "eval", "run")
 
 
 def load_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Load ``path`` (YAML; None = all defaults) and apply dotted ``overrides``."""
+    """Load ``path`` (YAML, or the name of a shipped config such as ``demo``; None = all defaults) and apply
+    dotted ``overrides``."""
     if path is None:
-        return config_from_yaml_text("{}", overrides)
+        return _build(None, overrides, "<defaults>")
+    path = nrconfig.resolve_config_path(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path!r}: {e.strerror or e}") from e
     return config_from_yaml_text(text, overrides, source=path)
-
 
 def save_config(cfg: TrainConfig, path: str) -> None:
     """Write the resolved config as YAML (atomic: temp file + rename)."""

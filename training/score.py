@@ -23,6 +23,7 @@ import sys
 
 import torch
 
+import nrconfig
 from training.config import (
     ConfigError,
     TrainConfig,
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block", type=int, default=None, help="texts per similarity block (default eval.block)")
     p.add_argument("--metrics", action="store_true", help="also print retrieval metrics of the scores")
     p.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA exists")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    nrconfig.add_version(p)
     p.add_argument("overrides", nargs="*", help="dotted config overrides (e.g. data.root=s3://bucket/ds)")
     return p.parse_intermixed_args(argv)  # options and key=value overrides in any order
 
@@ -128,6 +131,23 @@ def _location(cfg: TrainConfig, split: str) -> str:
     return split
 
 
+def _require_shards(cfg: TrainConfig, flag: str, value: str, url: str) -> None:
+    """Fail before the model is loaded when the split to score has no shards (a mistyped ``--split``)."""
+    from shards import fs as sfs
+
+    sizes = sfs.join(url, "sizes.json")
+    try:
+        ok = sfs.exists(sizes, cfg.data.storage)
+    except Exception as e:  # noqa: BLE001 - unreachable storage: same answer, with the reason
+        raise ConfigError(f"{flag} {value}: cannot reach {sizes}: {type(e).__name__}: {e}") from None
+    if not ok:
+        d = cfg.data
+        raise ConfigError(
+            f"{flag} {value}: no shards at {url} (missing {sizes}); the config's splits are "
+            f"train={d.train!r}, val={d.val!r}, test={d.test!r} under data.root={d.root!r}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from accelerate import Accelerator
@@ -151,10 +171,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         location = _location(cfg, args.split)
         url = split_url(cfg.data, location)
+        _require_shards(cfg, "--split", args.split, url)
         q_location = _location(cfg, args.queries) if args.queries else None
+        if q_location is not None:
+            _require_shards(cfg, "--queries", args.queries, split_url(cfg.data, q_location))
     except (ConfigError, FileNotFoundError) as e:
-        print(f"nr-score: {e}", file=sys.stderr)  # noqa: T201 - CLI output
-        return 2
+        return nrconfig.cli_error("nr-score", e)
+    if args.print_config:
+        sys.stdout.write(nrconfig.to_yaml(cfg))
+        return 0
     accelerator = Accelerator(
         cpu=args.cpu or not torch.cuda.is_available(),
         mixed_precision=cfg.run.mixed_precision if torch.cuda.is_available() else "no",

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+import nrconfig
+
 from training.config import (
     ConfigError,
     TrainConfig,
@@ -53,17 +55,25 @@ BANK_SEED_OFFSET = (
 )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="nr-train",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--config", help="YAML config (configs/*.yaml); omitted: all defaults")
+PROG = "nr-train"
+
+
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", help="'latest' (newest checkpoint of run.out) or a checkpoint folder")
     p.add_argument("--check", action="store_true", help="validate the config (and shards) and exit")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 run.out=runs/x")
-    return p.parse_intermixed_args(argv)  # options and key=value overrides in any order
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """The resolved config and the options (``--resume``, ``--check``); raises ConfigError for a bad one."""
+    return nrconfig.parse_args(
+        TrainConfig,
+        argv,
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        add_arguments=_options,
+        load=lambda path, overrides: resolve_config(load_config(path, overrides)),
+        epilog="example: nr-train --config demo run.out=runs/demo optim.lr=3e-4",
+    )
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
@@ -533,18 +543,19 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    from training.checkpoint import resolve_resume
     from training.logging_utils import setup_logging
 
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     setup_logging("INFO", rank=rank)
     try:
-        cfg = resolve_config(load_config(args.config, args.overrides))
+        cfg, args = parse_args(argv)
         validate_config(cfg, world_size=world_size)
-    except ConfigError as e:
-        print(f"nr-train: {e}", file=sys.stderr)  # noqa: T201 - CLI output
-        return 2
+        if args.resume:  # a bad path fails here, before the accelerator and the model are built
+            resolve_resume(args.resume, cfg.run.out)
+    except (ConfigError, FileNotFoundError) as e:
+        return nrconfig.cli_error(PROG, e)
     if args.check:
         msg = f"nr-train: configuration OK ({args.config or 'defaults'}, world size {world_size})"
         print(msg)  # noqa: T201 - CLI output
