@@ -9,8 +9,8 @@
   ``--print-config``, ``--version``, ``--help`` listing every key).
 """
 
-from nrconfig.cli import cli_error, parse, parse_args, version_string
-from nrconfig.tree import ConfigError, KeyDoc, build, describe, resolve_config_path, to_yaml
+from nrconfig.cli import add_version, cli_error, keys_help, parse, parse_args, version_string
+from nrconfig.tree import ConfigError, KeyDoc, build, describe, overrides_tree, resolve_config_path, to_yaml
 
 __all__ = [
     "ConfigError",
@@ -19,6 +19,9 @@ __all__ = [
     "describe",
     "resolve_config_path",
     "to_yaml",
+    "overrides_tree",
+    "add_version",
+    "keys_help",
     "parse",
     "parse_args",
     "cli_error",

@@ -232,7 +232,7 @@ def _merge(
         )
         where = f" in {source}" if source != "command line" else ""
         raise ConfigError(
-            f"unknown config key {full!r}{where}{hint}; known keys under {parent or 'the top level'}: "
+            f"unknown config key {full!r}{hint}{where}; known keys under {parent or 'the top level'}: "
             f"{', '.join(known)}"
         ) from None
     except ValidationError as e:
@@ -332,5 +332,6 @@ def resolve_config_path(name: str, subdir: str = "") -> str:
     close = difflib.get_close_matches(stem, list(shipped), n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ConfigError(
-        f"--config {name}: no such file, and not a shipped config{hint}; shipped: {', '.join(sorted(shipped))}"
+        f"cannot read config file {name!r}: no such file, and not a shipped config{hint}; shipped: "
+        f"{', '.join(sorted(shipped))}"
     )

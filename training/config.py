@@ -216,15 +216,13 @@ def config_from_yaml_text(
 
 
 def _build(tree: dict[str, Any] | None, overrides: list[str] | None, source: str) -> TrainConfig:
-    for name, value in (tree or {}).items():
-        if name in _SECTIONS and not isinstance(value, dict | None):
-            raise ConfigError(f"{name}: expected a mapping of {name} keys, got {value!r} ({source})")
+    over = nrconfig.overrides_tree(overrides or [])
+    for where, part in ((source, tree or {}), ("command line", over)):
+        for name, value in part.items():  # a section set to a scalar (model/loss are ``Any`` fields)
+            if name in _SECTIONS and not isinstance(value, dict | None):
+                raise ConfigError(f"{name}: expected a mapping of {name} keys, got {value!r} ({where})")
     sources = [tree] if tree else []
-    cfg = nrconfig.build(TrainConfig, *sources, overrides=overrides or [], yaml_bools=_YAML_BOOLS)
-    for name in _SECTIONS:  # model/loss are ``Any`` fields: a scalar would replace the section
-        if not dataclasses.is_dataclass(getattr(cfg, name)):
-            raise ConfigError(f"{name}: expected a mapping of {name} keys, got {getattr(cfg, name)!r}")
-    return cfg
+    return nrconfig.build(TrainConfig, *sources, overrides=over, yaml_bools=_YAML_BOOLS)
 
 
 _SECTIONS = ("data", "model", "loss", "bank", "optim", "eval", "run")

@@ -26,14 +26,12 @@ import hashlib
 import logging
 import math
 import os
-import sys
 import time
 from typing import Any
 
 import torch
 
 import nrconfig
-
 from training.config import (
     ConfigError,
     TrainConfig,
