@@ -345,7 +345,12 @@ def run_job(cfg: PreprocessConfig, items: list[VideoItem] | None = None) -> JobS
     if tasks:
         ok, failed = _write_shards(cfg, items, keys, split_url, tasks)
     manifest = None
-    if cfg.num_jobs == 1 and cfg.build_index:
+    if tasks and not ok and len(todo) == len(owned):  # every input failed: no empty shards, no index
+        for i in todo:  # (the failures sidecars stay: they name each input's reason)
+            for n in (shard_name(cfg.split, i), stats_name(cfg.split, i)):
+                if sfs.exists(sfs.join(split_url, n), cfg.storage):
+                    sfs.remove(sfs.join(split_url, n), cfg.storage)
+    elif cfg.num_jobs == 1 and cfg.build_index:
         from shards.index import build_index
 
         manifest = build_index(split_url, storage=cfg.storage, config=cfg.to_dict())
