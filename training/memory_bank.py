@@ -1,4 +1,4 @@
-"""Memory bank of recent local-level features for L_Nbi's centrality (method.md §4).
+"""Memory bank of recent local-level features for L_Nbi's centrality (docs/method.md §4).
 
 Official semantics (``utils/memory_bank.py``, ``modeling.py::update_memory_bank``), reproduced here:
 
