@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from shards.fs import StorageOptions
+from shards.fs import StorageOptions, write_bytes_atomic
 
 __all__ = [
     "ConfigError",
@@ -440,9 +440,8 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> TrainCo
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:
-    """Write the resolved config as YAML (atomic: temp file + rename)."""
+    """Write the resolved config as YAML (atomic: temp file + rename; mode 0644 so colleagues can read it)."""
     import os
-    import tempfile
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tree = to_dict(cfg)
@@ -451,10 +450,7 @@ def save_config(cfg: TrainConfig, path: str) -> None:
         if storage.get(secret):
             storage[secret] = None
     text = yaml.safe_dump(tree, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=".config.", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_bytes_atomic(os.path.abspath(path), text.encode("utf-8"))  # not mkstemp's 0600
 
 
 # ------------------------------------------------------------------------------------------------------------
