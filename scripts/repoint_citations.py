@@ -10,6 +10,7 @@ Mapping (section numbers are kept, so ``§3.2`` stays ``§3.2``):
 - the evaluation notes (``hubness-eval.md §N``) -> ``docs/evaluation.md``;
 - the pipeline notes (``pipeline-notes §N``, ``pipeline-notes.md §N``) -> ``docs/design-notes.md``;
 - the environment notes (``environment.md``) -> ``docs/design-notes.md §7``;
+- the architecture notes' decisions (``architecture.md``) -> ``docs/method.md §10``;
 - the quirk spellings ``§8 Q5``, ``§8-Q5``, ``method.md Q7`` -> ``docs/method.md §8-Q5``.
 
 Kept as a small regex script rather than a sed line: the rules need look-behinds (never rewrite an
@@ -41,6 +42,9 @@ RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\(see " + _OLD + r"environment\.md\)"), "(see docs/design-notes.md §7)"),
     (re.compile(_OLD + r"environment\.md"), "docs/design-notes.md §7"),
     (re.compile(_NOT_DOCS + r"\(environment\.md\)"), "(docs/design-notes.md §7)"),
+    (re.compile(_OLD + r"architecture\.md"), "docs/method.md §10"),
+    (re.compile(_NOT_DOCS + r"\(architecture\.md \"Decisions\"\)"), "(docs/method.md §10)"),
+    (re.compile(_NOT_DOCS + r"\(architecture\.md\)"), "(docs/method.md §10)"),
     # quirk spellings
     (re.compile(_NOT_DOCS + r"(?:method\.md|method) §8[ -]Q(\d+b?)"), r"docs/method.md §8-Q\1"),
     (re.compile(_NOT_DOCS + r"method\.md Q(\d+b?)"), r"docs/method.md §8-Q\1"),
