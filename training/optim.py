@@ -6,7 +6,7 @@ weights, position embeddings, ``logit_scale`` and other 1-D parameters (the offi
 weights: docs/method.md §8-Q14; we do not). Frozen parameters (``requires_grad=False``) are left out.
 
 Deviation from the official optimiser: AdamW (with bias correction) instead of BertAdam, and one global
-grad-norm clip in the trainer instead of two clips (architecture.md "Decisions").
+grad-norm clip in the trainer instead of two clips (docs/method.md §10).
 """
 
 from __future__ import annotations
