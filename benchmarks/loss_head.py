@@ -1,6 +1,6 @@
 """Benchmark: forward + backward of the whole NeighborRetr loss head, ours vs a direct einsum formulation.
 
-Setting (method.md §9): global batch B=128, memory bank M=1,920, 24 words, 12 frames, width 512, float32 CPU.
+Setting (docs/method.md §9): global batch B=128, memory bank M=1,920, 24 words, 12 frames, width 512, float32 CPU.
 Both variants run the full head (L_Wti + L_Opt + L_Nbi + L_KL, weighting MLPs applied to the batch and to the
 bank tokens) and differ in how the local WTI similarity is computed:
 

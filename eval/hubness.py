@@ -1,4 +1,4 @@
-"""Hubness of a gallery w.r.t. a query set (hubness-eval.md §1).
+"""Hubness of a gallery w.r.t. a query set (docs/evaluation.md §1).
 
 k-occurrence  N_k(g) = sum_q 1[g in NN_k(q)], with *fractional* ties at the k-th boundary: if r slots are left
 when t items tie at the k-th score, each tied item gets r / t. Hence sum_g N_k(g) = k * n_q exactly, and
@@ -98,7 +98,7 @@ def k_occurrence(
 
 
 def check_total(nk: np.ndarray, k: int, n_q: int) -> None:
-    """Raise AssertionError unless sum N_k = k * n_q (the identity of §1.2)."""
+    """Raise AssertionError unless sum N_k = k * n_q (the identity of docs/evaluation.md §1.2)."""
     total = float(np.sum(nk))
     if not np.isclose(total, k * n_q, rtol=1e-9, atol=1e-6):
         raise AssertionError(f"k-occurrence sum {total} != k * n_q = {k * n_q}: ties or truncation mishandled")

@@ -1,4 +1,4 @@
-"""Post-hoc hubness reduction applied to a text->video score matrix (hubness-eval.md §2.1).
+"""Post-hoc hubness reduction applied to a text->video score matrix (docs/evaluation.md §2.1).
 
 Notation: S [Q, G] test scores (rows = queries), B [n_b, G] query-bank scores against the *same* test gallery
 (bank captions from a separate split), beta an inverse temperature. Inputs are never modified; exponentials are

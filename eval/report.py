@@ -116,7 +116,7 @@ def write_report(
     parts = [
         "# Retrieval and hubness report",
         "",
-        "R@K in %, expected under random tie-breaking (hubness-eval.md §3.4); `R@1 range` = pessimistic-optimistic.",
+        "R@K in %, expected under random tie-breaking (docs/evaluation.md §3.4); `R@1 range` = pessimistic-optimistic.",
         "`clip4clip/*` rows reproduce CLIP4Clip's tie-denominator behaviour, for comparison with papers only.",
         "",
         "## Retrieval",

@@ -1,6 +1,6 @@
 """Tie-aware retrieval metrics (R@K, MdR, MnR) from per-query tie counts, plus the CLIP4Clip-compatible numbers.
 
-For a query q with relevant set P(q) and best relevant score m = max_{j in P} s_qj (hubness-eval.md §3.4):
+For a query q with relevant set P(q) and best relevant score m = max_{j in P} s_qj (docs/evaluation.md §3.4):
 
     a = #{j not in P : s_qj > m}     (non-relevant strictly above)
     b = #{j not in P : s_qj = m}     (non-relevant tied with the best relevant)
@@ -117,7 +117,7 @@ def retrieval_metrics(
 def clip4clip_from_counts(
     a: np.ndarray, n_tied: np.ndarray, ks: Sequence[int] = RECALL_KS
 ) -> dict[str, float]:
-    """CLIP4Clip ``compute_metrics`` behaviour from counts (hubness-eval.md §3.3), for comparison with papers.
+    """CLIP4Clip ``compute_metrics`` behaviour from counts (docs/evaluation.md §3.3), for comparison with papers.
 
     Each row contributes every 0-based sorted position whose score equals the ground-truth score, i.e. the
     positions a, a+1, ..., a+n_tied-1 (n_tied = items tied with the GT, the GT included). Recall divides by the

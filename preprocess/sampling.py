@@ -16,7 +16,7 @@ Samplers (every one returns exactly ``T`` indices, in temporal order):
   ``floor(t_j * fps)`` with repeats removed (``M`` of them), then ``cand[round(k * (M - 1) / (T - 1))]``: uniform
   down-sampling when ``M >= T``.
 - ``head``: one frame per second from the window start, ``floor((start + k) * fps)`` for ``start + k < end``, the
-  first ``T`` of them (the official MSR-VTT loader, method.md §8 Q5).
+  first ``T`` of them (the official MSR-VTT loader, docs/method.md §8-Q5).
 
 Too few frames (documented choice): the sample still has exactly ``T`` frames. ``uniform`` and ``fps`` repeat the
 nearest source frame (the same formulas stretch ``M < T`` candidates over ``T`` slots); ``head`` repeats its last

@@ -38,7 +38,7 @@ FRAME_SIZE=64
 PREPROCESS_ARGS=(--config configs/preprocess/synth.yaml --anno_path "$OUT/synth/annotations.jsonl"
                  --video_root "$OUT/synth" --out "$OUT/shards" --frame_size "$FRAME_SIZE" --progress false)
 # Training: configs/demo.yaml (tiny random-init CLIP "nr-tiny", global batch 32, k = 20 neighbours, lr 2e-3,
-# 20 epochs, 64 px frames, loss.global_l2norm=true). Why l2norm (method.md Q7): with the official unnormalised
+# 20 epochs, 64 px frames, loss.global_l2norm=true). Why l2norm (docs/method.md §8-Q7): with the official unnormalised
 # global similarity, L_Opt is 16.6 at init with a gradient norm of 670 (L_Wti: 17); clipped to norm 1, the first
 # updates are almost all L_Opt and the representations collapse (lr 1e-3, 6 epochs: val R@1 2%, test scores
 # -0.117 +- 0.003). At this demo's budget the official setting reaches val mean R@1 23% / test t2v R@1 19%,

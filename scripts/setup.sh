@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Creates .venv in the repository and installs the project with its test extra (idempotent: re-runs only when
-# pyproject.toml changed). Installs Debian's ffmpeg (ffmpeg + ffprobe) when running as root and it is missing;
-# without root, the ffmpeg binary from the imageio-ffmpeg wheel is used and ffprobe-based checks are skipped.
+# Creates .venv in the repository and installs the exact versions pinned in requirements.lock (the test extra
+# included), then the project itself without dependencies (idempotent: re-runs only when requirements.lock or
+# pyproject.toml changed). `make lock` regenerates the lock from pyproject.toml's ranges. Without a lock (or with
+# NR_NO_LOCK=1) it installs from pyproject.toml's ranges instead. Installs Debian's ffmpeg (ffmpeg + ffprobe) when
+# running as root and it is missing; without root, the ffmpeg binary from the imageio-ffmpeg wheel is used and
+# ffprobe-based checks are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,11 +17,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml requirements.lock 2>/dev/null | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  echo "[setup] pip install -e .[test] (first run: ~2-3 minutes, torch is large)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  if [ -f requirements.lock ] && [ -z "${NR_NO_LOCK:-}" ]; then
+    echo "[setup] pip install -r requirements.lock, then -e . (first run: ~2-3 minutes, torch is large)"
+    .venv/bin/python -m pip install -q -r requirements.lock
+    .venv/bin/python -m pip install -q --no-deps -e .
+  else
+    echo "[setup] pip install -e .[test] (no lock; first run: ~2-3 minutes, torch is large)"
+    .venv/bin/python -m pip install -q -e '.[test]'
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

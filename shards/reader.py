@@ -44,7 +44,7 @@ epoch with a :class:`shards.errors.ShardDataError` naming the shard URL and the 
 NEVER pass this loader (or its DataLoader) through ``accelerator.prepare``: for an IterableDataset accelerate
 either dispatches batches from rank 0 (``dispatch_batches=True``) or wraps it in ``IterableDatasetShard``, which
 splits the stream across ranks a second time; with our plan, which already gives each rank its own units, data would
-be silently dropped or read world_size times (pipeline-notes §0.4, accelerate#3547/#4075). Prepare only the model,
+be silently dropped or read world_size times (docs/design-notes.md §0.4, accelerate#3547/#4075). Prepare only the model,
 optimizer and scheduler, move batches to ``accelerator.device`` yourself, and register this loader with
 ``accelerator.register_for_checkpointing(loader)`` for mid-epoch resume.
 """

@@ -237,7 +237,7 @@ def test_shipped_configs_load_and_validate(path):
     cfg = load_config(path)
     world = 1 if "demo" in path else 8
     validate_config(cfg, world_size=world, check_shards=False)
-    if "demo" not in path:  # reference hyperparameters (method §5)
+    if "demo" not in path:  # reference hyperparameters (docs/method.md §5)
         assert (cfg.optim.lr, cfg.optim.coef_lr, cfg.optim.weight_decay, cfg.optim.warmup) == (
             1e-4,
             1e-3,

@@ -45,7 +45,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 FIXTURES = REPO / "tests" / "fixtures" / "annotations"
-PAGES = ("datasets.md", "training.md", "reports.md", "cluster.md")
+PAGES = ("datasets.md", "training.md", "reports.md", "cluster.md", "own-videos.md")
 RUN_LANGS = ("bash",)
 SKIP_LANGS = ("text", "console")
 
@@ -509,3 +509,37 @@ def test_cluster_page_runs(sandbox, s3_server, s3_bucket):
     cfg = (run / "config.yaml").read_text()
     assert f"root: {s3_bucket}/msrvtt" in cfg
     assert (run / "best" / "pytorch_model.bin").is_file() and (run / "test_scores.npz").is_file()
+
+
+def test_every_page_with_bash_blocks_is_run():
+    with_bash = {p.name for p in DOCS.glob("*.md") if any(b.lang == "bash" for b in fenced_blocks(p))}
+    assert with_bash <= set(PAGES), f"pages whose bash blocks no test runs: {sorted(with_bash - set(PAGES))}"
+
+
+def test_own_videos_page_runs(sandbox):
+    sandbox.run_page("own-videos.md")
+    root = sandbox.root
+    for split, n in (("my_shards/train", 3), ("my_shards/val", 1), ("my_shards_jsonl/train", 3)):
+        m = _manifest(root / split)
+        assert (m["inputs"], m["ok"], m["failed"]) == (n, n, 0), (split, m)
+        assert m["frames_per_sample"] == 4 and m["frame_size"] == [32, 32], (split, m)
+    import tarfile
+
+    samples = {}
+    for tar in sorted((root / "my_shards" / "train").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for member in tf.getmembers():
+                if member.name.endswith(".json"):
+                    meta = json.loads(tf.extractfile(member).read())
+                    samples[(meta["video_id"], meta["start"], meta["end"])] = meta["captions"]
+    assert samples == {
+        ("clip1", None, None): ["a colourful test pattern", "moving colour bars with a clock"],
+        ("clip2", 0.0, 3.0): ["the first half of a test pattern"],
+        ("clip2", 3.0, 6.0): ["the second half of a test pattern"],
+    }
+    web = _manifest(root / "my_shards_web" / "train")
+    assert (web["inputs"], web["ok"], web["failed"]) == (3, 2, 1), web
+    failures = [json.loads(x) for f in (root / "my_shards_web" / "train").glob("*.failures.jsonl")
+                for x in f.read_text().splitlines() if x.strip()]
+    assert [(f["video_id"], f["input"].rsplit("/", 1)[-1]) for f in failures] == [("1003", "missing.mp4")]
+

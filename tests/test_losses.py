@@ -1,4 +1,4 @@
-"""NeighborRetr losses vs hand-computed values and independent brute-force loops (method.md §3)."""
+"""NeighborRetr losses vs hand-computed values and independent brute-force loops (docs/method.md §3)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from training.similarity import (
 
 
 def naive_local(t, mt, wt, v, mv, wv):
-    """Reference: materialise c [A, B, L, F] (method §2.5)."""
+    """Reference: materialise c [A, B, L, F] (docs/method.md §2.5)."""
     c = torch.einsum("ald,bfd->ablf", F.normalize(t, dim=-1), F.normalize(v, dim=-1))
     c = c * mt[:, None, :, None] * mv[None, :, None, :]
     t2v = (c.max(dim=3).values * wt[:, None, :]).sum(-1)

@@ -25,7 +25,7 @@ import yaml
 
 import nrconfig
 from nrconfig import ConfigError
-from shards.fs import StorageOptions
+from shards.fs import StorageOptions, write_bytes_atomic
 
 __all__ = [
     "ConfigError",
@@ -102,7 +102,7 @@ class DataConfig:
 
 @dataclass
 class BankConfig:
-    """Memory bank (method §4): pre-filled at every epoch start, then a FIFO of gathered training batches."""
+    """Memory bank (docs/method.md §4): pre-filled at every epoch start, then a FIFO of gathered training batches."""
 
     enabled: bool = True  # False: L_Nbi computes centrality without a bank (see training.losses)
     prefill_batches: int = 15  # official ``mb_batch``: global batches encoded at epoch start
@@ -116,7 +116,7 @@ class BankConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW + warmup_cosine (method §5.2)."""
+    """AdamW + warmup_cosine (docs/method.md §5.2)."""
 
     lr: float = 1e-4  # non-CLIP modules
     coef_lr: float = 1e-3  # CLIP parameters (names starting with ``clip.``) train at lr * coef_lr
@@ -144,7 +144,7 @@ class EvalConfig:
     )
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # hubness k values
     block: int = 256  # texts per block when computing the similarity matrix
-    # test-time similarity: "local" (NeighborRetr's WTI score, method §2.8), "pooled" (cosine of the EOT text
+    # test-time similarity: "local" (NeighborRetr's WTI score, docs/method.md §2.8), "pooled" (cosine of the EOT text
     # token and the mean frame token: what the InfoNCE baseline trains), "auto" (pooled for loss.kind=infonce)
     similarity: str = "auto"
 
@@ -241,10 +241,10 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> TrainCo
         raise ConfigError(f"cannot read config file {path!r}: {e.strerror or e}") from e
     return config_from_yaml_text(text, overrides, source=path)
 
+
 def save_config(cfg: TrainConfig, path: str) -> None:
-    """Write the resolved config as YAML (atomic: temp file + rename)."""
+    """Write the resolved config as YAML (atomic: temp file + rename; mode 0644 so colleagues can read it)."""
     import os
-    import tempfile
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tree = to_dict(cfg)
@@ -253,10 +253,7 @@ def save_config(cfg: TrainConfig, path: str) -> None:
         if storage.get(secret):
             storage[secret] = None
     text = yaml.safe_dump(tree, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=".config.", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_bytes_atomic(os.path.abspath(path), text.encode("utf-8"))  # not mkstemp's 0600
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -423,7 +420,7 @@ def validate_config(
             if isinstance(k, int) and k > d.batch_size - 3:
                 msg = (
                     f"loss.num_neighbors: {k} neighbours need a global batch of at least {k + 3} "
-                    f"(k <= batch - 3, method §8-Q13b); data.batch_size is {d.batch_size}"
+                    f"(k <= batch - 3, docs/method.md §8-Q13b); data.batch_size is {d.batch_size}"
                 )
                 if not any(m.startswith("loss") and "num_neighbors" in m for m in errors):
                     errors.append(msg)

@@ -1,4 +1,4 @@
-"""The one distributed helper of the project (method.md §5.2, §8-Q10; pipeline-notes.md §0.5).
+"""The one distributed helper of the project (docs/method.md §5.2, docs/method.md §8-Q10; docs/design-notes.md §0.5).
 
 Gradient convention.  Every rank gathers the features of all ranks with ``gather_with_grad`` and computes the
 *full* global loss L (the same value on every rank).  The backward of the autograd-aware all_gather
@@ -6,7 +6,7 @@ Gradient convention.  Every rank gathers the features of all ranks with ``gather
 so a rank's local slice receives world_size x dL/dx_local.  DDP then averages parameter gradients over ranks:
 (1/W) sum_r W dL/dtheta|_r = sum_r dL/dtheta|_r, which is the single-process full-batch gradient (parameters
 used after the gather, e.g. the token-weighting MLPs and logit_scale, get the full gradient on every rank and
-are averaged to the same value).  Measured equal to 2e-7 (environment.md); see tests/test_distributed.py.
+are averaged to the same value).  Measured equal to 2e-7 (docs/design-notes.md §7); see tests/test_distributed.py.
 This differs from the official CLIP4Clip ``AllGather`` (slice without summing), whose DDP-averaged gradient is
 1/W of the full-batch gradient for pre-gather parameters.
 

@@ -6,9 +6,9 @@ Three entry points are used by the model (``training.model``):
   from an open_clip pretrained tag, a local state-dict checkpoint (``torch.load(weights_only=True)`` or
   safetensors) or an OpenAI TorchScript archive (``ViT-B-32.pt``; always built with QuickGELU, see below).
 - :func:`encode_text_tokens` returns every text position after ``ln_final`` and ``@ text_projection``
-  (method.md §2.2), with a causal AND key-padding attention mask.
+  (docs/method.md §2.2), with a causal AND key-padding attention mask.
 - :func:`encode_frames` returns the per-frame CLIP image embedding ([CLS] after ``ln_post`` ``@ proj``,
-  method.md §2.3) for a batch of clips.
+  docs/method.md §2.3) for a batch of clips.
 
 QuickGELU: OpenAI's CLIP weights were trained with QuickGELU, x * sigmoid(1.702 x). Loading them into a plain
 ``"ViT-B-32"`` (nn.GELU) runs without error and gives wrong features. A TorchScript archive is therefore always
@@ -334,7 +334,7 @@ def encode_text_tokens(clip: nn.Module, text_ids: torch.Tensor, text_mask: torch
 
     T = ln_final(Transformer(E_tok[ids] + E_pos[:L], mask)) @ W_text, with the attention bias
     causal[q, k] (-inf for k > q) + padding[k] (-inf where text_mask[k] = 0), so padded rows still see the
-    valid prefix (method.md §2.2).
+    valid prefix (docs/method.md §2.2).
 
     Args:
         clip: open_clip CLIP model.

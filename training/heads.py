@@ -1,6 +1,6 @@
 """Modules on top of CLIP: the temporal transformer with frame position embeddings, and token weighting.
 
-Temporal module ("seqTransf", method.md §2.3), for frame embeddings E [B, F, D] and frame mask m [B, F]:
+Temporal module ("seqTransf", docs/method.md §2.3), for frame embeddings E [B, F, D] and frame mask m [B, F]:
 
     X = E + P[0..F-1]                  P: nn.Embedding(max(77, max_frames), D)
     V = Transformer(X; key padding m) + E
@@ -9,7 +9,7 @@ The transformer is a stack of open_clip residual attention blocks (pre-LN, batch
 tower's heads and activation, no causal mask. When the CLIP text width equals D, the blocks start as copies of the
 first text-transformer blocks and P as the first rows of CLIP's text positional embedding (:meth:`init_from_clip`).
 
-Token weighting (method.md §2.4) lives in ``training.token_weighting`` and is re-exported here.
+Token weighting (docs/method.md §2.4) lives in ``training.token_weighting`` and is re-exported here.
 """
 
 from __future__ import annotations

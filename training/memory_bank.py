@@ -1,4 +1,4 @@
-"""Memory bank of recent local-level features for L_Nbi's centrality (method.md §4).
+"""Memory bank of recent local-level features for L_Nbi's centrality (docs/method.md §4).
 
 Official semantics (``utils/memory_bank.py``, ``modeling.py::update_memory_bank``), reproduced here:
 
@@ -11,7 +11,7 @@ Official semantics (``utils/memory_bank.py``, ``modeling.py::update_memory_bank`
   losses read the bank before the update, so it never contains the current batch.
 - Cleared at epoch end (``clear``).
 
-Deviation (architecture.md): the capacity is an explicit number of samples, and the trainer pre-fills from
+Deviation (docs/method.md §10): the capacity is an explicit number of samples, and the trainer pre-fills from
 gathered features, so the bank is identical on every rank (official ranks start with different banks unless
 ``--distributed 1``).  Stored tensors never carry gradient.
 """

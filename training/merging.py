@@ -2,7 +2,7 @@
 
 Notation: x [B, N, D] tokens with mask m [B, N] (1 = real), C clusters.
 
-CTM, one merge step (method.md §2.6):
+CTM, one merge step (docs/method.md §2.6):
     x   <- LN(x + Conv1d_k3(x))                 conv along the token axis, padding 1, no bias
     s_n  = Linear(D -> 1)(x_n)                  importance score; s_n = -inf on padded tokens
     rho_n = exp(s_n)                            merge weight (0 on padded tokens)
@@ -15,14 +15,14 @@ TCBlock, one cross-attention layer, no MLP (as in HBI):
 Two-level stack (:class:`MergeStack`): CTM(C1) -> TCBlock -> CTM(1) -> TCBlock, with
 C1 = max(ceil(N * ratio), 1) and the second stage always merging to ONE token, so any N ends at one global
 token. With the default ratios this reproduces the official 24 -> 4 -> 1 (text, 1/6) and 12 -> 3 -> 1
-(video, 1/4); the official second-stage ratios (1/4, 1/3) only reach one token for those lengths (method.md §8 Q3).
+(video, 1/4); the official second-stage ratios (1/4, 1/3) only reach one token for those lengths (docs/method.md §8-Q3).
 
 Deviations from the reference code, all deterministic and batch-independent:
 - the official density adds 1e-6 uniform noise to break ties; here ties are broken by token index (a token
   counts as denser than every later token of equal density), so results are reproducible without an RNG;
 - "max + 1" for distances to padded tokens and "row max" for the densest token's separation are taken per
   sample (the official max runs over the whole batch, which makes one sample's clusters depend on the others);
-- width and heads come from the model (the official blocks hard-code 512 and 8 heads, §8 Q11).
+- width and heads come from the model (the official blocks hard-code 512 and 8 heads, docs/method.md §8-Q11).
 Like the official code, the conv mixes padded tokens into their neighbours; padded tokens themselves get
 zero merge weight and zero attention.
 """

@@ -9,7 +9,7 @@ Parameter names (for optimiser groups): ``clip.*`` (the open_clip model; ``clip.
 
 The official code also creates global-level weighting MLPs (``*_weight_fc1``) and four unused ones
 (``*_fc0``, ``*_intra``). With one global token the softmax over the global tokens is identically 1, so the
-global MLPs are no-ops; none of them is created here (method.md §2.4).
+global MLPs are no-ops; none of them is created here (docs/method.md §2.4).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class ModelConfig:
 
 
 class NeighborRetrModel(nn.Module):
-    """CLIP two-tower retriever with NeighborRetr's token-level heads (method.md §2).
+    """CLIP two-tower retriever with NeighborRetr's token-level heads (docs/method.md §2).
 
     Attributes:
         clip: the open_clip CLIP model.

@@ -1,12 +1,12 @@
-"""Parameter groups, AdamW and the official ``warmup_cosine`` schedule (method §5.2).
+"""Parameter groups, AdamW and the official ``warmup_cosine`` schedule (docs/method.md §5.2).
 
 Groups: {CLIP, rest} x {decay, no decay}. CLIP parameters (names starting with ``clip.``) train at ``lr *
 coef_lr`` (official 1e-4 * 1e-3 = 1e-7), everything else at ``lr``. No weight decay on biases, normalisation
 weights, position embeddings, ``logit_scale`` and other 1-D parameters (the official code decays LayerNorm
-weights: method §8-Q14; we do not). Frozen parameters (``requires_grad=False``) are left out.
+weights: docs/method.md §8-Q14; we do not). Frozen parameters (``requires_grad=False``) are left out.
 
 Deviation from the official optimiser: AdamW (with bias correction) instead of BertAdam, and one global
-grad-norm clip in the trainer instead of two clips (architecture.md "Decisions").
+grad-norm clip in the trainer instead of two clips (docs/method.md §10).
 """
 
 from __future__ import annotations

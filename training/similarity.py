@@ -1,4 +1,4 @@
-"""Text-video similarities of NeighborRetr (method.md §2.5, §2.7, §2.8).
+"""Text-video similarities of NeighborRetr (docs/method.md §2.5, §2.7, §2.8).
 
 Local (token-level, "WTI") similarity between texts ``a`` and videos ``b``::
 
@@ -323,7 +323,7 @@ def local_similarity(
     chunk: int | None = None,
     packed: bool | None = None,
 ) -> torch.Tensor:
-    """Local WTI similarity S^loc (method §2.5), memory-efficient and differentiable.
+    """Local WTI similarity S^loc (docs/method.md §2.5), memory-efficient and differentiable.
 
     Args:
         text_tokens:  [A, L, D] unnormalised text tokens.
@@ -389,7 +389,7 @@ def score_local(
     *,
     block: int = 256,
 ) -> torch.Tensor:
-    """Test-time S^loc [A, B] (method §2.8) in ``block`` x ``block`` tiles, without gradient.
+    """Test-time S^loc [A, B] (docs/method.md §2.8) in ``block`` x ``block`` tiles, without gradient.
 
     Same arguments as ``local_similarity``; the result is on the tokens' device in float32.
     """
@@ -413,7 +413,7 @@ def score_local(
 def global_similarity(
     text_global: torch.Tensor, video_global: torch.Tensor, l2norm: bool = False
 ) -> torch.Tensor:
-    """Global similarity G (method §2.7): G_ab = <g^t_a, g^v_b>, or cosine when ``l2norm``.
+    """Global similarity G (docs/method.md §2.7): G_ab = <g^t_a, g^v_b>, or cosine when ``l2norm``.
 
     Args:
         text_global:  [A, D] global text tokens (unnormalised).

@@ -1,4 +1,4 @@
-"""Token weighting (method.md §2.4): one logit per token, w(t) = Linear(2D -> 1)(ReLU(Linear(D -> 2D)(t))).
+"""Token weighting (docs/method.md §2.4): one logit per token, w(t) = Linear(2D -> 1)(ReLU(Linear(D -> 2D)(t))).
 
 The softmax over a sample's tokens is taken by ``training.similarity.token_weights``.  The losses also run this
 MLP on the memory bank's stored tokens (M x (L + F) of them, constants) so that it gets gradient through L_Nbi;

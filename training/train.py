@@ -11,7 +11,7 @@ once -> optimiser + schedule step -> clamp logit_scale <= ln 100 -> bank update 
 checkpoint at their cadence. Validation and a checkpoint also run at each epoch end.
 
 Distributed conventions: the loader is never passed through ``accelerator.prepare`` (the shard plan already
-splits the data over ranks; Accelerate would split it again, pipeline-notes §0.4); only model, optimiser and
+splits the data over ranks; Accelerate would split it again, docs/design-notes.md §0.4); only model, optimiser and
 scheduler are prepared. The scheduler is stepped once per optimiser step
 (``step_scheduler_with_optimizer=False``; Accelerate would otherwise step it ``num_processes`` times). Every
 rank computes the full global loss on gathered features (``training.distributed``), so every logged loss is
@@ -122,7 +122,7 @@ def _gather_features(feats: Any) -> Any:
 @torch.no_grad()
 def prefill_bank(bank: Any, model: torch.nn.Module, cfg: TrainConfig, accelerator: Any, epoch: int) -> int:
     """Epoch start: encode ``bank.prefill_batches`` batches of the training split (eval mode, no grad), gather
-    them across ranks and fill the bank (method §4); returns the number of samples in the bank."""
+    them across ranks and fill the bank (docs/method.md §4); returns the number of samples in the bank."""
     from shards.reader import build_loader
     from training.distributed import gather_nograd
 

@@ -7,7 +7,7 @@ Distributed protocol (every rank calls the same functions):
    once per sample key;
 2. the video side is all-gathered (deduplicated by key, sorted by key), so every rank holds the whole gallery;
 3. each rank scores its own texts against the gallery with ``training.similarity.score_local`` in
-   ``block`` x ``block`` tiles (test-time S = S^loc only, method §2.8);
+   ``block`` x ``block`` tiles (test-time S = S^loc only, docs/method.md §2.8);
 4. the score rows are gathered on rank 0, sorted by query id, and returned with ids and ``gt`` (one caption
    per video: caption mode ``first``) or ``relevance`` (caption mode ``all``: a text is relevant to every
    gallery video with its ``video_id``).
@@ -210,10 +210,10 @@ def score_split(
     """Encode + score a split across all ranks (collective); rank 0 gets the :class:`ScoreResult`, others
     None.
 
-    ``similarity`` ``local``: S^loc, the test-time score of NeighborRetr (method §2.8); ``pooled``: the cosine
+    ``similarity`` ``local``: S^loc, the test-time score of NeighborRetr (docs/method.md §2.8); ``pooled``: the cosine
     of the EOT text token and the mean of the real frames' tokens (the features the InfoNCE baseline trains).
     ``query_loader``: take the texts from another split (e.g. training captions as the query bank of QB-Norm,
-    hubness-eval.md §2.1) and the videos from ``loader``; the result then has neither ``gt`` nor ``relevance``.
+    docs/evaluation.md §2.1) and the videos from ``loader``; the result then has neither ``gt`` nor ``relevance``.
     """
     if similarity not in ("local", "pooled"):
         raise ValueError(f"score_split: similarity must be 'local' or 'pooled', got {similarity!r}")

@@ -1,4 +1,4 @@
-"""NeighborRetr losses: one module per term, combined by ``head.compute_losses`` (method.md §3)."""
+"""NeighborRetr losses: one module per term, combined by ``head.compute_losses`` (docs/method.md §3)."""
 
 from training.losses.head import LOSS_KINDS, LossConfig, compute_losses
 

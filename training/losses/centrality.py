@@ -1,4 +1,4 @@
-"""L_Wti: centrality-weighted InfoNCE at the local level (method.md §3.1, EQ 3-4).
+"""L_Wti: centrality-weighted InfoNCE at the local level (docs/method.md §3.1, EQ 3-4).
 
 Intra-modal centrality of sample a (text shown; video is the same with frame tokens)::
 

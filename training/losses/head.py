@@ -1,4 +1,4 @@
-"""The NeighborRetr loss head: ``LossConfig`` and ``compute_losses`` (method.md §3.5).
+"""The NeighborRetr loss head: ``LossConfig`` and ``compute_losses`` (docs/method.md §3.5).
 
     L = L_Wti + uniform_weight L_Opt + neighbor_weight L_Nbi + kl_weight L_KL          (all weights 1)
 
@@ -46,7 +46,7 @@ BANK_CHUNK = 256
 
 @dataclass
 class LossConfig:
-    """Loss-head settings; defaults are the official ones (``args_parser.py``; method.md §5.1, §8).
+    """Loss-head settings; defaults are the official ones (``args_parser.py``; docs/method.md §5.1, §8).
 
     kind: "neighborretr" (L_Wti + L_Opt + L_Nbi + L_KL) or "infonce" (CLIP4Clip-style baseline).
     centrality_scale: lambda in omega = exp(lambda kappa) (L_Wti).

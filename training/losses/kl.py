@@ -1,4 +1,4 @@
-"""L_KL: consistency between the local and the global similarity (method.md §3.4, EQ 15).
+"""L_KL: consistency between the local and the global similarity (docs/method.md §3.4, EQ 15).
 
     L_KL = ½ [ KL(softmax(S) || softmax(G)) + KL(softmax(S^T) || softmax(G^T)) ]      (softmax over rows)
 

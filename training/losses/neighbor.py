@@ -1,4 +1,4 @@
-"""L_Nbi: neighbour adjusting loss with memory-bank centrality (method.md §3.2, EQ 5-8).
+"""L_Nbi: neighbour adjusting loss with memory-bank centrality (docs/method.md §3.2, EQ 5-8).
 
 Direction t2v (query text i, candidate video j; S = S^loc, cosine scale, no logit scale)::
 

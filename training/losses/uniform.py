@@ -1,4 +1,4 @@
-"""L_Opt: uniform regularisation with a Sinkhorn plan at the global level (method.md §3.3, EQ 10-12).
+"""L_Opt: uniform regularisation with a Sinkhorn plan at the global level (docs/method.md §3.3, EQ 10-12).
 
 Sinkhorn (no gradient, log domain, entropic eps = 1, G enters raw), for G [m, n]::
 
