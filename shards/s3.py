@@ -60,7 +60,7 @@ def _build_filesystem(proto: str, opts: StorageOptions):
         kw = opts.s3fs_kwargs()
         kw["config_kwargs"] = {
             **kw.get("config_kwargs", {}),
-            "retries": {"max_attempts": 1, "mode": "standard"},  # botocore: one attempt, we retry
+            "retries": {"total_max_attempts": 1, "mode": "standard"},  # botocore: 1 attempt, no retry
             "connect_timeout": t,
             "read_timeout": t,
         }
