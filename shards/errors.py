@@ -9,7 +9,7 @@ from collections import Counter
 __all__ = ["ERROR_KINDS", "ShardDataError", "ErrorCounter"]
 
 ERROR_KINDS = (
-    "missing_shard",  # the shard URL does not exist (404 / no such file)
+    "missing_shard",  # the shard URL does not exist (404 / no such file) or kept failing until its deadline
     "truncated_tar",  # the tar ends early or a header is damaged
     "read_error",  # the shard could not be read after all retries
     "missing_members",  # a sample without txt or without any fNNN.jpg frame

@@ -1,4 +1,11 @@
-"""One filesystem layer for local folders and ``s3://bucket/prefix`` URLs (fsspec + s3fs).
+"""One filesystem layer for local folders and any fsspec URL: ``s3://`` (s3fs), ``gs://`` (gcsfs), ``az://``
+(adlfs), ``http(s)://`` (read only) and whatever else fsspec knows; :func:`expand_urls` expands brace patterns.
+
+Every helper here (``exists``, ``read_bytes``, ``listdir``, ``write_bytes_atomic``, ``put_file_atomic``,
+``remove``, :func:`filesystem`) takes ``(url, options: StorageOptions | None)``, so callers (the reader, the
+preprocess job, the index builder) never branch on the scheme. ``StorageOptions.options`` is passed through to the
+fsspec filesystem constructor unchanged (e.g. ``{"token": "anon"}`` for gcsfs, ``{"account_name": ...}`` for
+adlfs, ``{"headers": {...}}`` for HTTP). Shard *reads* use :mod:`shards.s3` instead (one bounded retry policy).
 
 The S3 endpoint (MinIO, R2, moto, ...) and credentials come from :class:`StorageOptions` or, when a field is
 unset, from the standard AWS environment variables (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``,
@@ -12,7 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import fsspec
@@ -29,7 +36,23 @@ __all__ = [
     "put_file_atomic",
     "listdir",
     "remove",
+    "expand_urls",
+    "protocol",
 ]
+
+
+def protocol(url: str) -> str:
+    """The URL's scheme (``"file"`` for local paths and ``file://``)."""
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def expand_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Expand brace patterns (``train-{000000..000099}.tar``, ``{a,b}``) with ``braceexpand`` (webdataset's
+    dependency; zero padding is kept), in order; a string may hold several URLs separated by whitespace."""
+    from braceexpand import braceexpand
+
+    items = urls.split() if isinstance(urls, str) else list(urls)
+    return [u for item in items for u in braceexpand(item)]
 
 
 @dataclass
@@ -40,7 +63,12 @@ class StorageOptions:
     key: str | None = None  # access key id (None: AWS_ACCESS_KEY_ID / credential chain)
     secret: str | None = None  # secret access key (None: AWS_SECRET_ACCESS_KEY / credential chain)
     anon: bool = False  # anonymous access (public buckets)
-    retries: int = 5  # botocore's retry attempts for transient errors
+    # botocore's retry attempts for the operations of this module (writes, listings). Shard and index *reads*
+    # go through shards.s3 with botocore/s3fs retries off and the loader's own policy (data.retries).
+    retries: int = 5  # botocore's retry attempts for writes and listings (reads use the loader's own policy)
+    request_timeout: float = 10.0  # seconds: connect and each socket read of one remote read request
+    deadline: float = 30.0  # seconds a remote file may keep failing before it is given up (see shards.retry)
+    options: dict[str, Any] = field(default_factory=dict)  # passed through to the fsspec filesystem
 
     def s3fs_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``s3fs.S3FileSystem``."""
@@ -55,6 +83,7 @@ class StorageOptions:
             kw["key"] = self.key
         if self.secret:
             kw["secret"] = self.secret
+        kw.update(self.options)
         return kw
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,7 +108,7 @@ def filesystem(url: str, options: StorageOptions | None = None) -> tuple[fsspec.
     if url.startswith("file://"):
         url = url[len("file://") :]
     if "://" in url:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, **(options.options if options else {}))
         return fs, path
     return LocalFileSystem(), os.path.abspath(url)
 

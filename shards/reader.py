@@ -68,7 +68,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from shards import fs as sfs
 from shards.errors import ERROR_KINDS, ErrorCounter, ShardDataError
 from shards.plan import CAPTION_MODES, EpochPlan, Unit, make_plan, mix_seed, worker_batches_consumed
-from shards.s3 import DEFAULT_BLOCK_SIZE, open_shard, register_gopen, retry_count
+from shards.retry import ShardUnavailableError
+from shards.s3 import DEFAULT_BLOCK_SIZE, open_shard, read_remote_bytes, register_gopen, retry_count
 from shards.schema import CAPTIONS_FILE, SIZES_FILE, is_frame_member, stats_name
 from shards.transforms import (
     Tokenizer,
@@ -106,7 +107,9 @@ class LoaderConfig:
 
     root: str | None = None  # dataset root (local folder or s3://bucket/prefix); shards in {root}/{split}/
     split: str = "train"  # split folder and shard-name prefix
-    urls: list[str] | None = None  # explicit shard URLs instead of root+split (sizes.json next to them)
+    # explicit shard URLs (any fsspec URL; brace patterns such as train-{000000..000099}.tar are expanded)
+    # instead of root+split; each folder's sizes.json lists its shards
+    urls: list[str] | None = None
     batch_size: int = 32  # per rank
     num_workers: int = 2  # DataLoader workers per rank (0 = read in the main process)
     num_frames: int = 12  # T: frames per clip (fewer in the shard -> zero padding + frame_mask 0)
@@ -127,7 +130,7 @@ class LoaderConfig:
     on_error: str = "skip"  # "skip" (count, log, fill the row) | "raise"
     storage: sfs.StorageOptions | None = None  # S3 endpoint/credentials (defaults: AWS env vars)
     cache_dir: str | None = None  # download S3 shards whole into this folder, then read locally
-    retries: int = 5  # retries per S3 range read on transient errors
+    retries: int = 5  # retries in a row per remote file (deadline/timeout: storage.deadline, request_timeout)
     read_block_size: int = DEFAULT_BLOCK_SIZE  # bytes per S3 range request
     prefetch_factor: int = 2  # batches prefetched per worker
     pin_memory: bool = False
@@ -165,11 +168,25 @@ class LoaderConfig:
 # -- shard list -------------------------------------------------------------------------------------------------
 
 
-def _read_json(url: str, storage: sfs.StorageOptions | None) -> Any:
+def _read_json(url: str, storage: sfs.StorageOptions | None, retries: int = 5, *, missing_ok: bool = False) -> Any:
+    """Parse an index file (local or remote; remote reads under the retry policy of :mod:`shards.s3`). Every
+    error names the URL; ``missing_ok`` returns None for a file that does not exist."""
     try:
-        return json.loads(sfs.read_bytes(url, storage).decode("utf-8"))
+        if sfs.protocol(url) == "file":
+            with open(url[len("file://") :] if url.startswith("file://") else url, "rb") as f:
+                data = f.read()
+        else:
+            data = read_remote_bytes(url, storage, retries=retries)
     except FileNotFoundError as e:
+        if missing_ok:
+            return None
         raise FileNotFoundError(f"index file not found: {url}") from e
+    except ShardUnavailableError:
+        raise
+    except OSError as e:
+        raise OSError(f"cannot read index file {url}: {e}") from e
+    try:
+        return json.loads(data.decode("utf-8"))
     except ValueError as e:
         raise ValueError(f"{url} is not valid JSON: {e}") from e
 
@@ -181,10 +198,10 @@ def resolve_shards(cfg: LoaderConfig) -> tuple[list[str], list[int], list[list[i
     required only for ``caption_mode="all"``.
     """
     if cfg.urls:
-        urls = list(cfg.urls)
+        urls = sfs.expand_urls(cfg.urls)
     else:
         split_url = sfs.join(cfg.root or "", cfg.split)
-        sizes = _read_json(sfs.join(split_url, SIZES_FILE), cfg.storage)
+        sizes = _read_json(sfs.join(split_url, SIZES_FILE), cfg.storage, cfg.retries)
         if not isinstance(sizes, dict) or not sizes:
             raise ValueError(
                 f"{sfs.join(split_url, SIZES_FILE)} must be a non-empty object of shard -> count"
@@ -198,10 +215,10 @@ def resolve_shards(cfg: LoaderConfig) -> tuple[list[str], list[int], list[list[i
             raise ValueError(f"pipe: URLs are not accepted: {url!r}")
         folder, name = url.rsplit("/", 1) if "/" in url else (".", url)
         if folder not in folders:
-            sizes = _read_json(sfs.join(folder, SIZES_FILE), cfg.storage)
+            sizes = _read_json(sfs.join(folder, SIZES_FILE), cfg.storage, cfg.retries)
             captions = None
-            if caps_out is not None and sfs.exists(sfs.join(folder, CAPTIONS_FILE), cfg.storage):
-                captions = _read_json(sfs.join(folder, CAPTIONS_FILE), cfg.storage)
+            if caps_out is not None:
+                captions = _read_json(sfs.join(folder, CAPTIONS_FILE), cfg.storage, cfg.retries, missing_ok=True)
             folders[folder] = (sizes, captions)
         sizes, captions = folders[folder]
         if name not in sizes:
@@ -215,7 +232,7 @@ def resolve_shards(cfg: LoaderConfig) -> tuple[list[str], list[int], list[list[i
                 stem = name[: -len(".tar")]
                 split, idx = stem.rsplit("-", 1)
                 stats_url = sfs.join(folder, stats_name(split, int(idx)))
-                counts = [int(c) for c in _read_json(stats_url, cfg.storage).get("captions", [])]
+                counts = [int(c) for c in _read_json(stats_url, cfg.storage, cfg.retries).get("captions", [])]
             if len(counts) != n:
                 raise ValueError(f"{url}: {n} samples in sizes.json but {len(counts)} caption counts")
             caps_out.append(counts)
@@ -495,7 +512,7 @@ class _SlotReader:
                     )
             except ShardDataError:
                 raise
-            except FileNotFoundError as e:
+            except (FileNotFoundError, ShardUnavailableError) as e:  # absent, or unreachable in the deadline
                 fail_kind = "missing_shard"
                 self.errors.report("missing_shard", url, None, str(e))
             except (tarfile.ReadError, EOFError) as e:

@@ -1,10 +1,17 @@
-"""Opening shards for reading: local paths and ``s3://`` URLs (s3fs), with retries, resume-at-offset and an
-optional local cache; plus the ``s3`` scheme for ``webdataset.gopen`` (webdataset 1.0.2 ships none).
+"""Opening shards and index files for reading: local paths and any fsspec URL (``s3://``, ``gs://``, ``az://``,
+``http(s)://``, ...), under one bounded retry policy (:mod:`shards.retry`), with resume-at-offset and an optional
+local cache; plus the ``s3`` scheme for ``webdataset.gopen`` (webdataset 1.0.2 ships none).
 
-S3 reads are *range reads* of ``block_size`` bytes: the reader is seekable (so the tar reader can jump over
-members it does not need), and a dropped connection or a 5xx/timeout only repeats the block being read, from the
-byte offset reached, after an exponential backoff. The s3fs filesystem is created lazily, once per process id:
-s3fs objects are not fork-safe, so a DataLoader worker never uses one built in its parent.
+Remote reads are *range reads* of ``block_size`` bytes (``fs.cat_file(path, start, end)``): the reader is seekable
+(so the tar reader can jump over members it does not need), and a dropped connection, a 5xx or a timeout only
+repeats the block being read, from the byte offset reached. The filesystems used here are built by
+:func:`read_filesystem` with their own retry layers off (botocore ``max_attempts=1``, s3fs ``retries=1``; fsspec's
+HTTP filesystem has none) and ``StorageOptions.request_timeout`` on connect and every socket read, so the only
+retries are ours and a stalled read raises a timeout. gcsfs and adlfs keep their own (bounded) retry loops, which
+their constructors do not let us switch off; pass their options through ``StorageOptions.options``.
+
+Filesystems are created lazily, once per process id: fsspec's async filesystems are not fork-safe, so a
+DataLoader worker never uses one built in its parent.
 """
 
 from __future__ import annotations
@@ -13,16 +20,19 @@ import asyncio
 import io
 import logging
 import os
-import random
 import tempfile
-import time
 from typing import Any, BinaryIO
 
-from shards.fs import StorageOptions
+from shards.fs import StorageOptions, protocol
+from shards.retry import RetryBudget, ShardUnavailableError
 
 __all__ = [
+    "RangeReader",
     "S3RangeReader",
+    "ShardUnavailableError",
     "open_shard",
+    "read_remote_bytes",
+    "read_filesystem",
     "s3_filesystem",
     "gopen_s3",
     "register_gopen",
@@ -42,20 +52,52 @@ def retry_count() -> int:
     return _RETRIES["count"]
 
 
-def s3_filesystem(storage: StorageOptions | None = None):
-    """The ``s3fs.S3FileSystem`` for ``storage`` in *this* process (built on first use after a fork)."""
-    import s3fs
+def _build_filesystem(proto: str, opts: StorageOptions):
+    t = float(opts.request_timeout)
+    if proto == "s3":
+        import s3fs
 
+        kw = opts.s3fs_kwargs()
+        kw["config_kwargs"] = {
+            **kw.get("config_kwargs", {}),
+            "retries": {"total_max_attempts": 1, "mode": "standard"},  # botocore: 1 attempt, no retry
+            "connect_timeout": t,
+            "read_timeout": t,
+        }
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **kw)
+        fs.retries = 1  # s3fs's own _error_wrapper loop: a single try
+        return fs
+    import fsspec
+
+    kw = dict(opts.options)
+    if proto in ("http", "https"):
+        import aiohttp
+
+        kw.setdefault("client_kwargs", {}).setdefault(
+            "timeout", aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t)
+        )
+    return fsspec.filesystem(proto, skip_instance_cache=True, **kw)
+
+
+def read_filesystem(url: str, storage: StorageOptions | None = None) -> tuple[Any, str]:
+    """``(filesystem, path)`` for reading ``url`` in *this* process (built on first use after a fork), with the
+    filesystem's own retries off and ``request_timeout`` applied (see the module docstring)."""
     opts = storage or StorageOptions()
-    kw = opts.s3fs_kwargs()
-    ident = (os.getpid(), repr(sorted(kw.items(), key=lambda kv: kv[0])))
+    proto = protocol(url)
+    ident = (os.getpid(), proto, repr(sorted(opts.to_dict().items(), key=lambda kv: kv[0])))
     fs = _FS.get(ident)
     if fs is None:
         for k in [k for k in _FS if k[0] != os.getpid()]:  # instances inherited through fork: never reuse
             del _FS[k]
-        fs = s3fs.S3FileSystem(skip_instance_cache=True, **kw)
+        fs = _build_filesystem(proto, opts)
         _FS[ident] = fs
-    return fs
+    path = url.split("://", 1)[1] if proto in ("s3", "gs", "gcs", "az", "abfs", "adl") else url
+    return fs, path
+
+
+def s3_filesystem(storage: StorageOptions | None = None):
+    """The read filesystem for ``s3://`` in this process (see :func:`read_filesystem`)."""
+    return read_filesystem("s3://", storage)[0]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -65,11 +107,15 @@ def is_transient(exc: BaseException) -> bool:
     """
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
         return False
+    if isinstance(exc, ShardUnavailableError):
+        return False
     if isinstance(exc, TimeoutError | asyncio.TimeoutError | ConnectionError):
         return True
     try:
         import aiohttp
 
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return exc.status >= 500 or exc.status in (408, 429)
         if isinstance(exc, aiohttp.ClientError):
             return True
     except ImportError:  # pragma: no cover - aiohttp comes with s3fs
@@ -96,17 +142,13 @@ def is_transient(exc: BaseException) -> bool:
     return type(exc) is OSError
 
 
-def _backoff(attempt: int) -> float:
-    """Seconds to wait before retry ``attempt`` (1-based): 0.05 * 2^(attempt-1), capped at 5 s, with jitter."""
-    return min(5.0, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random())
+class RangeReader(io.RawIOBase):
+    """A read-only, seekable file over one remote object, read in ``block_size`` range requests.
 
-
-class S3RangeReader(io.RawIOBase):
-    """A read-only, seekable file over one S3 object, read in ``block_size`` range requests with retries.
-
-    Each block is fetched with ``cat_file(path, start, end)``; on a transient error the same range (from the byte
-    offset reached) is requested again, up to ``retries`` times with exponential backoff; then the error
-    propagates with the URL named.
+    Each block is fetched with ``cat_file(path, start, end)``; every request (the size lookup included) runs under
+    one :class:`shards.retry.RetryBudget` for the file: ``retries`` retries in a row at most, and given up with
+    :class:`ShardUnavailableError` naming the URL once it has been failing for ``storage.deadline`` seconds. A
+    missing object raises ``FileNotFoundError("shard not found: URL")``.
     """
 
     def __init__(
@@ -118,43 +160,45 @@ class S3RangeReader(io.RawIOBase):
         block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> None:
         super().__init__()
-        if not url.startswith("s3://"):
-            raise ValueError(f"not an s3:// URL: {url!r}")
+        if "://" not in url or protocol(url) == "file":
+            raise ValueError(f"not a remote URL: {url!r}")
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
-        self.url, self.path = url, url[len("s3://") :]
-        self.storage, self.retries, self.block_size = storage, retries, block_size
+        self.url = url
+        self.storage, self.retries, self.block_size = storage or StorageOptions(), retries, block_size
+        self.budget = RetryBudget(url, retries=retries, deadline=float(self.storage.deadline), transient=is_transient)
         self._pos = 0
         self._block_start = 0
         self._block = b""
-        self.size = int(self._with_retries(lambda fs: fs.info(self.path), "stat")["size"])
+        self.size = int(self._with_retries(lambda fs, p: fs.info(p), "stat")["size"])
 
     def _with_retries(self, fn, what: str):
-        attempt = 0
-        while True:
-            try:
-                return fn(s3_filesystem(self.storage))
-            except FileNotFoundError as e:
-                raise FileNotFoundError(f"shard not found: {self.url}") from e
-            except Exception as e:
-                if not is_transient(e) or attempt >= self.retries:
-                    raise OSError(f"reading {self.url} ({what}) failed after {attempt} retries: {e!r}") from e
-                attempt += 1
-                _RETRIES["count"] += 1
-                wait = _backoff(attempt)
-                log.info(
-                    "retry %d/%d of %s (%s) in %.2fs after %r", attempt, self.retries, self.url, what, wait, e
-                )
-                time.sleep(wait)
+        def attempt():
+            fs, path = read_filesystem(self.url, self.storage)
+            return fn(fs, path)
+
+        before = self.budget.total_retries
+        try:
+            return self.budget.run(attempt, what)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"shard not found: {self.url}") from e
+        except ShardUnavailableError:
+            raise
+        except Exception as e:  # a permanent error: name the URL
+            raise OSError(f"reading {self.url} ({what}) failed: {e!r}") from e
+        finally:
+            _RETRIES["count"] += self.budget.total_retries - before
 
     def _fetch(self, start: int) -> None:
         end = min(self.size, start + self.block_size)
-        data = self._with_retries(
-            lambda fs: fs.cat_file(self.path, start=start, end=end), f"bytes {start}-{end}"
-        )
-        if len(data) != end - start:
-            raise OSError(f"short read from {self.url}: bytes {start}-{end} gave {len(data)}")
-        self._block_start, self._block = start, data
+
+        def get(fs, path):
+            data = fs.cat_file(path, start=start, end=end)
+            if len(data) != end - start:  # a body cut short without an error: retry like a dropped connection
+                raise ConnectionError(f"short read: bytes {start}-{end} gave {len(data)}")
+            return data
+
+        self._block_start, self._block = start, self._with_retries(get, f"bytes {start}-{end}")
 
     def readable(self) -> bool:
         return True
@@ -188,6 +232,15 @@ class S3RangeReader(io.RawIOBase):
         return n
 
 
+S3RangeReader = RangeReader  # the name it had when only s3:// was read
+
+
+def read_remote_bytes(url: str, storage: StorageOptions | None = None, *, retries: int = 5) -> bytes:
+    """The whole content of a (small) remote file, e.g. ``sizes.json``, under the same retry policy."""
+    with RangeReader(url, storage, retries=retries, block_size=1 << 24) as f:
+        return f.read()
+
+
 def _cache_path(cache_dir: str, url: str) -> str:
     rel = url.split("://", 1)[-1].lstrip("/")
     if ".." in rel.split("/"):
@@ -202,7 +255,7 @@ def _download_atomic(
     fd, tmp = tempfile.mkstemp(prefix=".dl-", suffix=".tmp", dir=os.path.dirname(dest))
     try:
         with (
-            S3RangeReader(url, storage, retries=retries, block_size=block_size) as src,
+            RangeReader(url, storage, retries=retries, block_size=block_size) as src,
             os.fdopen(fd, "wb") as dst,
         ):
             while chunk := src.read(block_size):
@@ -222,24 +275,22 @@ def open_shard(
     cache_dir: str | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> BinaryIO:
-    """Open a shard for reading: a local path / ``file://`` URL, or an ``s3://`` URL.
+    """Open a shard for reading: a local path / ``file://`` URL, or any remote fsspec URL.
 
-    With ``cache_dir``, an S3 shard is first downloaded whole to ``{cache_dir}/{bucket}/{key}`` (temporary name,
+    With ``cache_dir``, a remote shard is first downloaded whole to ``{cache_dir}/{bucket}/{key}`` (temporary name,
     then ``os.replace``) and read locally; a cached copy is reused. Missing shards raise ``FileNotFoundError``
     naming the URL.
     """
-    if url.startswith("s3://"):
+    if url.startswith("pipe:"):
+        raise ValueError(f"pipe: URLs are not accepted for shards: {url!r}")
+    if protocol(url) != "file":
         if cache_dir:
             dest = _cache_path(cache_dir, url)
             if not os.path.exists(dest):
                 _download_atomic(url, dest, storage, retries, block_size)
             return open(dest, "rb")  # noqa: SIM115 - returned to the caller
-        return io.BufferedReader(S3RangeReader(url, storage, retries=retries, block_size=block_size), 1 << 16)
-    if url.startswith("pipe:"):
-        raise ValueError(f"pipe: URLs are not accepted for shards: {url!r}")
+        return io.BufferedReader(RangeReader(url, storage, retries=retries, block_size=block_size), 1 << 16)
     path = url[len("file://") :] if url.startswith("file://") else url
-    if "://" in path:
-        raise ValueError(f"unsupported shard URL scheme: {url!r} (use a local path or s3://)")
     try:
         return open(path, "rb", buffering=1 << 16)  # noqa: SIM115
     except FileNotFoundError as e:

@@ -185,8 +185,8 @@ def test_range_reader_retries_transient_errors_from_offset(monkeypatch):
                 raise err
             return data[start:end]
 
-    monkeypatch.setattr(s3mod, "s3_filesystem", lambda storage=None: FlakyFS())
-    monkeypatch.setattr(s3mod, "_backoff", lambda attempt: 0.0)
+    monkeypatch.setattr(s3mod, "read_filesystem", lambda url, storage=None: (FlakyFS(), url[5:]))
+    monkeypatch.setattr("shards.retry.backoff_delay", lambda *a, **k: 0.0)
     before = retry_count()
     with S3RangeReader("s3://b/k.tar", retries=3, block_size=4000) as f:
         assert f.read() == data
@@ -194,14 +194,14 @@ def test_range_reader_retries_transient_errors_from_offset(monkeypatch):
     assert calls == [(0, 4000), (4000, 8000), (4000, 8000), (4000, 8000), (8000, 10240)]
     # a permanent error is not retried, and a missing object names the URL
     FlakyFS.fails = {len(calls) + 2: PermissionError("denied")}
-    with pytest.raises(OSError, match=r"s3://b/k\.tar .*after 0 retries"):
+    with pytest.raises(OSError, match=r"reading s3://b/k\.tar \(bytes 4000-8000\) failed: PermissionError"):
         S3RangeReader("s3://b/k.tar", retries=3, block_size=4000).read()
 
     class Missing(FlakyFS):
         def info(self, path):
             raise FileNotFoundError(path)
 
-    monkeypatch.setattr(s3mod, "s3_filesystem", lambda storage=None: Missing())
+    monkeypatch.setattr(s3mod, "read_filesystem", lambda url, storage=None: (Missing(), url[5:]))
     with pytest.raises(FileNotFoundError, match="shard not found: s3://b/gone.tar"):
         S3RangeReader("s3://b/gone.tar")
 
