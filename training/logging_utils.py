@@ -128,32 +128,42 @@ def cuda_memory_stats(device: Any) -> dict[str, float]:
     }
 
 
-def read_metrics(path: str, event: str | None = "train") -> list[dict[str, Any]]:
-    """All records of ``metrics.jsonl`` (optionally only one ``event`` kind), in file order."""
+def _parse_lines(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, record)`` of every line; a cut-off LAST line (a run killed mid-write) is warned about and
+    dropped, a bad line elsewhere is a ValueError naming ``path:line``."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(n, ln) for n, ln in enumerate(f, 1) if ln.strip()]
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
-            if event is None or rec.get("event") == event:
-                out.append(rec)
+    for i, (n, line) in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                logging.getLogger(__name__).warning(
+                    "%s:%d: cut-off last line dropped (%s)", path, n, line.strip()[:60]
+                )
+                break
+            raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
+        out.append((line if line.endswith("\n") else line + "\n", rec))
     return out
 
 
+def read_metrics(path: str, event: str | None = "train") -> list[dict[str, Any]]:
+    """All records of ``metrics.jsonl`` (optionally only one ``event`` kind), in file order; a cut-off last
+    line is dropped with a warning."""
+    return [rec for _, rec in _parse_lines(path) if event is None or rec.get("event") == event]
+
+
 def truncate_metrics(path: str, last_step: int) -> int:
-    """Drop records with ``step > last_step`` (a resumed run re-logs them); returns the number dropped."""
+    """Drop records with ``step > last_step`` (a resumed run re-logs them) and a cut-off last line; returns the
+    number of lines dropped."""
     if not os.path.exists(path):
         return 0
-    with open(path, encoding="utf-8") as f:
-        lines = [ln for ln in f if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= last_step]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        total = sum(1 for ln in f if ln.strip())
+    keep = [ln for ln, rec in _parse_lines(path) if rec.get("step", 0) <= last_step]
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(keep)
     os.replace(tmp, path)
-    return len(lines) - len(keep)
+    return total - len(keep)

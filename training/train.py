@@ -57,7 +57,10 @@ PROG = "nr-train"
 
 
 def _options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", help="'latest' (newest checkpoint of run.out) or a checkpoint folder")
+    p.add_argument(
+        "--resume",
+        help="'auto' or 'latest' (newest complete checkpoint of run.out; none: start fresh) or a checkpoint folder",
+    )
     p.add_argument("--check", action="store_true", help="validate the config (and shards) and exit")
 
 
@@ -296,25 +299,9 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
-# ------------------------------------------------------------------------------------------------------------
-# the loop
-# ------------------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> dict[str, Any]:
-    """Train according to ``cfg``; returns a summary (steps, last losses, best metric). Collective call."""
-    from accelerate.utils import set_seed
-
-    from shards.reader import build_loader
-    from training.checkpoint import TrainerProgress, load_checkpoint, resolve_resume, save_checkpoint
-    from training.logging_utils import MetricsLogger, cuda_memory_stats, truncate_metrics
-    from training.losses.head import compute_losses
-    from training.memory_bank import MemoryBank
+def _build_model(cfg: TrainConfig) -> torch.nn.Module:
     from training.model import NeighborRetrModel
-    from training.optim import build_optimizer, build_scheduler
 
-    run_dir, world, rank = cfg.run.out, accelerator.num_processes, accelerator.process_index
-    set_seed(cfg.run.seed)
-
-    # -- model, optimiser, schedule (the loader only tells the schedule its length) -------------------------
     model = NeighborRetrModel(cfg.model)
     if cfg.loss.kind == "infonce":
         # the baseline's loss never reaches these: frozen, so DDP sees no parameter without a gradient
@@ -323,6 +310,172 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
         logger.info(
             "loss.kind=infonce: token weights and merge blocks frozen (unused by the loss), no memory bank"
         )
+    return model
+
+
+def _restore(
+    cfg: TrainConfig, accelerator: Any, path: str, *, optimizer: Any, scheduler: Any, **state: Any
+) -> dict[str, Any] | None:
+    """Load checkpoint ``path`` into model/optimizer/scheduler/progress/bank; apply a changed ``optim.lr``.
+
+    A changed ``optim.lr`` / ``optim.coef_lr`` is APPLIED: the schedule's base rates become the ones the new
+    config gives (the fresh optimiser's group rates), the position in the schedule is kept. Returns this rank's
+    loader state."""
+    from training.checkpoint import load_checkpoint
+
+    fresh = [g["initial_lr"] for g in optimizer.param_groups]  # the current config's base rates
+    _warn_config_changes(cfg, os.path.join(path, "config.yaml"))
+    loader_state = load_checkpoint(accelerator, path, optimizer=optimizer, scheduler=scheduler, **state)
+    sched = getattr(scheduler, "scheduler", scheduler)  # AcceleratedScheduler -> LambdaLR
+    if [float(b) for b in sched.base_lrs] != [float(f) for f in fresh]:
+        logger.warning(
+            "optim.lr changed on resume: schedule base rates %s -> %s applied from step %d",
+            [f"{b:.3g}" for b in sched.base_lrs],
+            [f"{f:.3g}" for f in fresh],
+            state["progress"].step,
+        )
+        sched.base_lrs = list(fresh)
+        for g, base, fn in zip(optimizer.param_groups, fresh, sched.lr_lambdas):
+            g["initial_lr"] = base
+            g["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return loader_state
+
+
+def _train_step(model: Any, batch: dict[str, Any], ctx: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
+    """Forward -> gather (global batch) -> losses -> backward -> clip -> optimiser/schedule step -> clamp ->
+    bank update. Returns ``(losses, grad_norm, gathered sample indices)``."""
+    from training.distributed import gather_nograd
+    from training.losses.head import compute_losses
+
+    cfg, acc, unwrapped, bank = ctx["cfg"], ctx["accelerator"], ctx["unwrapped"], ctx["bank"]
+    optimizer, scheduler, progress = ctx["optimizer"], ctx["scheduler"], ctx["progress"]
+    with acc.accumulate(model):
+        with acc.autocast():
+            feats = model(batch["frames"], batch["frame_mask"], batch["text_ids"], batch["text_mask"])
+        gfeats = _gather_features(feats)
+        losses = compute_losses(
+            gfeats,
+            text_weight=unwrapped.text_weight,
+            video_weight=unwrapped.video_weight,
+            logit_scale=unwrapped.clip.logit_scale,
+            cfg=cfg.loss,
+            bank=bank if ctx["use_bank"] and len(bank) > 0 else None,
+        )
+        if not torch.isfinite(losses["total"]):
+            # the losses are computed on the gathered batch, so every rank stops here together
+            terms = {k: float(v.detach()) for k, v in losses.items()}
+            raise FloatingPointError(
+                f"non-finite loss at step {progress.step + 1} (epoch {progress.epoch}): {terms}; "
+                f"batch keys {list(batch['keys'])[:8]}"
+            )
+        acc.backward(losses["total"])
+        grad_norm = None
+        if acc.sync_gradients and cfg.optim.grad_clip > 0:
+            grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        if acc.sync_gradients:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    indices = gather_nograd(batch["sample_index"].long())
+    with torch.no_grad():
+        unwrapped.clip.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
+        if ctx["use_bank"]:
+            bank.update(
+                gfeats.text_tokens.detach(),
+                gfeats.text_mask,
+                gfeats.video_tokens.detach(),
+                gfeats.video_mask,
+                indices,
+            )
+    return losses, grad_norm, indices
+
+
+def _step_record(ctx: dict[str, Any], losses: dict[str, Any], grad_norm: Any, indices: Any, t: tuple) -> dict:
+    """The ``metrics.jsonl`` record of one training step; ``t`` = (t_last, t_data, t_done) perf counters."""
+    from training.logging_utils import cuda_memory_stats
+
+    acc, progress, scheduler, loader, batch = (
+        ctx["accelerator"],
+        ctx["progress"],
+        ctx["scheduler"],
+        ctx["loader"],
+        ctx["batch"],
+    )
+    t_last, t_data, t_done = t
+    idx = indices.cpu().tolist()
+    return {
+        "event": "train",
+        "step": progress.step,
+        "epoch": progress.epoch,
+        **{f"loss/{k}": float(v.detach()) for k, v in losses.items()},
+        "lr": scheduler.get_last_lr()[-1],
+        "lr_clip": min(scheduler.get_last_lr()),
+        "logit_scale": float(ctx["unwrapped"].clip.logit_scale.detach()),
+        "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        "bank_size": len(ctx["bank"]),
+        "data_wait_s": round(t_data - t_last, 6),
+        "compute_s": round(t_done - t_data, 6),
+        "samples_per_s": round(ctx["cfg"].data.batch_size / max(t_done - t_last, 1e-9), 3),
+        "skipped": loader.stats() if hasattr(loader, "stats") else {},
+        "pad": int(batch["is_pad"].sum()) if "is_pad" in batch else 0,
+        "sample_index": idx,
+        "sample_digest": _index_digest(idx),
+        "time": round(time.time(), 3),  # wall clock at the step's end (throughput incl. logging)
+        **cuda_memory_stats(acc.device),  # peak GPU memory so far (CUDA only)
+    }
+
+
+def _log_step(ctx: dict[str, Any], record: dict[str, Any], bar: Any) -> None:
+    cfg, step = ctx["cfg"], record["step"]
+    ctx["metrics_log"].log(record, tb=step % cfg.run.log_every_steps == 0)
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss/total']:.4f}", sps=f"{record['samples_per_s']:.1f}")
+    elif step % cfg.run.log_every_steps == 0:
+        logger.info(
+            "step %d epoch %d loss %.5f lr %.3g %.1f samples/s",
+            step,
+            record["epoch"],
+            record["loss/total"],
+            record["lr"],
+            record["samples_per_s"],
+        )
+
+
+def _progress_bar(cfg: TrainConfig, accelerator: Any, steps_per_epoch: int, progress: Any) -> Any:
+    if not (cfg.run.progress and accelerator.is_main_process):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=steps_per_epoch,
+        initial=progress.step_in_epoch,
+        desc=f"epoch {progress.epoch}",
+        dynamic_ncols=True,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> dict[str, Any]:
+    """Train according to ``cfg``; returns a summary (steps, last losses, best metric, ``preempted``).
+    Collective call. ``resume``: ``auto``/``latest`` (newest complete checkpoint, or a fresh start) or a path."""
+    from accelerate.utils import set_seed
+
+    from shards.reader import build_loader
+    from training.checkpoint import TrainerProgress, resolve_resume, save_checkpoint
+    from training.logging_utils import MetricsLogger, truncate_metrics
+    from training.memory_bank import MemoryBank
+    from training.optim import build_optimizer, build_scheduler
+    from training.preemption import PreemptionWatch
+
+    run_dir, world, rank = cfg.run.out, accelerator.num_processes, accelerator.process_index
+    set_seed(cfg.run.seed)
+
+    # -- model, optimiser, schedule (the loader only tells the schedule its length) -------------------------
+    model = _build_model(cfg)
     use_bank = cfg.bank.enabled and cfg.loss.kind == "neighborretr"
     optimizer = build_optimizer(model, cfg.optim)
     train_cfg = loader_config(cfg, cfg.data.train, purpose="train", world_size=world)
@@ -337,18 +490,20 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
     scheduler = build_scheduler(optimizer, total_opt_steps, cfg.optim.warmup)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
-
-    # -- state registered for checkpointing (order matters: progress, then bank) ----------------------------
     progress = TrainerProgress()
-    global_batch = cfg.data.batch_size
-    bank = MemoryBank(max(1, cfg.bank.resolved_capacity(global_batch)))
-    accelerator.register_for_checkpointing(progress, bank)
+    bank = MemoryBank(max(1, cfg.bank.resolved_capacity(cfg.data.batch_size)))
+    state = {
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "progress": progress,
+        "bank": bank,
+    }
 
-    loader_state = None
-    if resume:
-        path = resolve_resume(resume, run_dir)
-        _warn_config_changes(cfg, os.path.join(path, "config.yaml"))
-        loader_state = load_checkpoint(accelerator, path)
+    # -- resume (nothing unpickled; a fresh start when --resume auto finds no checkpoint) --------------------
+    loader_state, path = None, resolve_resume(resume, run_dir)
+    if path is not None:
+        loader_state = _restore(cfg, accelerator, path, **state)
         if accelerator.is_main_process:
             dropped = truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), progress.step)
             logger.info(
@@ -362,10 +517,11 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
     metrics_log = MetricsLogger(run_dir, enabled=accelerator.is_main_process, tensorboard=cfg.run.tensorboard)
     validator = _Validator(cfg, accelerator, metrics_log)
+    preempt = PreemptionWatch(accelerator)
     logger.info(
         "training: %d ranks, global batch %d, %d batches/epoch, %d epochs, %d optimiser steps",
         world,
-        global_batch,
+        cfg.data.batch_size,
         steps_per_epoch,
         cfg.optim.epochs,
         total_opt_steps,
@@ -380,10 +536,13 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
             cfg=cfg,
             loader_state=loader_position,
             keep_last=cfg.run.keep_last,
+            **state,
         )
 
+    ctx = {**state, "cfg": cfg, "accelerator": accelerator, "unwrapped": unwrapped, "use_bank": use_bank}
+    ctx.update(metrics_log=metrics_log)
     last: dict[str, float] = {}
-    stop = False
+    stop = preempted = False
     bar = None
     try:
         for epoch in range(progress.epoch, cfg.optim.epochs):
@@ -393,120 +552,34 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
                 loader_state = None
             else:
                 loader.set_epoch(epoch)
+            ctx["loader"] = loader
             if progress.step_in_epoch == 0 and use_bank:
                 prefill_bank(bank, unwrapped, cfg, accelerator, epoch)
             model.train()
-            if cfg.run.progress and accelerator.is_main_process:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(
-                    total=steps_per_epoch,
-                    initial=progress.step_in_epoch,
-                    desc=f"epoch {epoch}",
-                    dynamic_ncols=True,
-                )
+            bar = _progress_bar(cfg, accelerator, steps_per_epoch, progress)
             t_last = time.perf_counter()
             for batch in loader:
                 t_data = time.perf_counter()
-                batch = _to_device(batch, accelerator.device)
-                # -- one step --------------------------------------------------------------------------------
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        feats = model(
-                            batch["frames"], batch["frame_mask"], batch["text_ids"], batch["text_mask"]
-                        )
-                    gfeats = _gather_features(feats)
-                    losses = compute_losses(
-                        gfeats,
-                        text_weight=unwrapped.text_weight,
-                        video_weight=unwrapped.video_weight,
-                        logit_scale=unwrapped.clip.logit_scale,
-                        cfg=cfg.loss,
-                        bank=bank if use_bank and len(bank) > 0 else None,
-                    )
-                    if not torch.isfinite(losses["total"]):
-                        # the losses are computed on the gathered batch, so every rank stops here together
-                        terms = {k: float(v.detach()) for k, v in losses.items()}
-                        raise FloatingPointError(
-                            f"non-finite loss at step {progress.step + 1} (epoch {epoch}): {terms}; "
-                            f"batch keys {list(batch['keys'])[:8]}"
-                        )
-                    accelerator.backward(losses["total"])
-                    grad_norm = None
-                    if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    unwrapped.clip.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
-                    if use_bank:
-                        from training.distributed import gather_nograd
-
-                        bank.update(
-                            gfeats.text_tokens.detach(),
-                            gfeats.text_mask,
-                            gfeats.video_tokens.detach(),
-                            gfeats.video_mask,
-                            gather_nograd(batch["sample_index"].long()),
-                        )
-                # -- bookkeeping -----------------------------------------------------------------------------
+                ctx["batch"] = batch = _to_device(batch, accelerator.device)
+                losses, grad_norm, indices = _train_step(model, batch, ctx)
                 progress.step += 1
                 progress.step_in_epoch += 1
-                if accelerator.sync_gradients:
-                    progress.opt_step += 1
+                progress.opt_step += int(accelerator.sync_gradients)
                 if accelerator.device.type == "cuda":  # compute_s includes the queued backward/step kernels
-                    torch.cuda.synchronize(accelerator.device)  # (the .cpu() below would wait for them too)
-                t_done = time.perf_counter()
-                from training.distributed import gather_nograd
-
-                indices = gather_nograd(batch["sample_index"].long()).cpu().tolist()
-                last = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
-                record = {
-                    "event": "train",
-                    "step": progress.step,
-                    "epoch": epoch,
-                    **last,
-                    "lr": scheduler.get_last_lr()[-1],
-                    "lr_clip": min(scheduler.get_last_lr()),
-                    "logit_scale": float(unwrapped.clip.logit_scale.detach()),
-                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "bank_size": len(bank),
-                    "data_wait_s": round(t_data - t_last, 6),
-                    "compute_s": round(t_done - t_data, 6),
-                    "samples_per_s": round(global_batch / max(t_done - t_last, 1e-9), 3),
-                    "skipped": loader.stats() if hasattr(loader, "stats") else {},
-                    "pad": int(batch["is_pad"].sum()) if "is_pad" in batch else 0,
-                    "sample_index": indices,
-                    "sample_digest": _index_digest(indices),
-                    "time": round(time.time(), 3),  # wall clock at the step's end (throughput incl. logging)
-                    **cuda_memory_stats(accelerator.device),  # peak GPU memory so far (CUDA only)
-                }
-                metrics_log.log(record, tb=progress.step % cfg.run.log_every_steps == 0)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last['loss/total']:.4f}", sps=f"{record['samples_per_s']:.1f}")
-                if progress.step % cfg.run.log_every_steps == 0 and not cfg.run.progress:
-                    logger.info(
-                        "step %d epoch %d loss %.5f lr %.3g %.1f samples/s",
-                        progress.step,
-                        epoch,
-                        last["loss/total"],
-                        record["lr"],
-                        record["samples_per_s"],
-                    )
-                # -- periodic validation / checkpoint --------------------------------------------------------
+                    torch.cuda.synchronize(accelerator.device)
+                record = _step_record(ctx, losses, grad_norm, indices, (t_last, t_data, time.perf_counter()))
+                last = {k: v for k, v in record.items() if k.startswith("loss/")}
+                _log_step(ctx, record, bar)
+                # -- periodic validation / checkpoint; preemption; max_steps ---------------------------------
                 if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
                     validator(model, progress)
-                if (
-                    cfg.run.save_every_steps
-                    and progress.step % cfg.run.save_every_steps == 0
-                    and accelerator.sync_gradients
-                    and progress.step_in_epoch < steps_per_epoch
+                mid_epoch = accelerator.sync_gradients and progress.step_in_epoch < steps_per_epoch
+                preempted = preempt.should_stop() and mid_epoch
+                if mid_epoch and (
+                    preempted or (cfg.run.save_every_steps and progress.step % cfg.run.save_every_steps == 0)
                 ):
                     checkpoint(loader.state_dict())
-                if cfg.optim.max_steps is not None and progress.step >= cfg.optim.max_steps:
+                if preempted or (cfg.optim.max_steps is not None and progress.step >= cfg.optim.max_steps):
                     stop = True
                     break
                 t_last = time.perf_counter()
@@ -521,11 +594,15 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
             if cfg.eval.at_epoch_end:
                 validator(model, progress)
             checkpoint({})
-        if stop:  # max_steps reached mid-epoch: validate and checkpoint the final state
+            if preempt.should_stop():
+                preempted = True
+                break
+        if stop and not preempted:  # max_steps reached mid-epoch: validate and checkpoint the final state
             if validator.enabled:
                 validator(model, progress)
             checkpoint(loader.state_dict())
     finally:
+        preempt.close()
         if bar is not None:
             bar.close()
         metrics_log.close()
@@ -535,7 +612,10 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
         **last,
         "best_metric": progress.best_metric,
         "best_step": progress.best_step,
+        "preempted": preempted,
     }
+    if preempted:
+        logger.warning("preempted (%s): checkpoint at step %d saved", preempt.signal_name, progress.step)
     logger.info("training done: %s", summary)
     return summary
 
@@ -559,12 +639,58 @@ def main(argv: list[str] | None = None) -> int:
         print(msg)  # noqa: T201 - CLI output
         return 0
     setup_logging(cfg.run.log_level, rank=rank, log_file=os.path.join(cfg.run.out, "train.log"))
-    accelerator = build_accelerator(cfg)
+    return run_guarded(cfg, args.resume, rank=rank)
+
+
+def run_guarded(cfg: TrainConfig, resume: str | None, *, rank: int) -> int:
+    """:func:`train` inside the cluster guards: the run-folder lock (rank 0), the parent-death watch (ranks
+    started by a launcher), ``status.json``; returns the exit code (0 done, 75 preempted -- requeue, 2 the run
+    folder is locked or the checkpoint is refused)."""
+    from training.checkpoint import CheckpointError
+    from training.preemption import PREEMPTED_EXIT_CODE
+    from training.run_lock import RunLock, RunLockedError, watch_parent
+
+    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
+        watch_parent()
+    lock = RunLock(cfg.run.out)
     try:
-        train(cfg, accelerator, resume=args.resume)
+        if rank == 0:
+            lock.acquire()
+    except RunLockedError as e:
+        print(f"nr-train: {e}", file=sys.stderr)  # noqa: T201 - CLI output
+        return 2
+    try:
+        _write_status(cfg.run.out, rank, "running")
+        accelerator = build_accelerator(cfg)
+        try:
+            summary = train(cfg, accelerator, resume=resume)
+        except CheckpointError as e:
+            print(f"nr-train: {e}", file=sys.stderr)  # noqa: T201 - CLI output
+            _write_status(cfg.run.out, rank, "failed", error=str(e))
+            return 2
+        finally:
+            accelerator.end_training()
+        state = "preempted" if summary["preempted"] else "finished"
+        _write_status(cfg.run.out, rank, state, step=summary["steps"])
+        return PREEMPTED_EXIT_CODE if summary["preempted"] else 0
     finally:
-        accelerator.end_training()
-    return 0
+        if rank == 0:
+            lock.release()
+
+
+def _write_status(run_dir: str, rank: int, state: str, **extra: Any) -> None:
+    """``{run}/status.json`` (rank 0): ``running`` / ``preempted`` / ``finished`` / ``failed``, for requeue
+    scripts (a launcher's own exit code does not carry the ranks' code)."""
+    import json
+    import socket
+
+    if rank != 0:
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = os.path.join(run_dir, "status.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"state": state, "host": socket.gethostname(), "time": time.time(), **extra}, f)
+    os.replace(tmp, os.path.join(run_dir, "status.json"))
 
 
 if __name__ == "__main__":
