@@ -121,7 +121,9 @@ def _rotation_ccw(stream: dict) -> int:
 
 def _run_json(args: list[str], path: str, timeout: float | None) -> dict:
     try:
-        proc = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        proc = subprocess.run(
+            args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise ProbeError(f"ffprobe timed out after {timeout} s on {path}") from exc
     try:
@@ -135,8 +137,18 @@ def _run_json(args: list[str], path: str, timeout: float | None) -> dict:
 
 
 def _finish(
-    path: str, fmt: str, codec: str, tb: Fraction, pts: list[int], rate: Fraction | None, last_dur: int | None,
-    width: int, height: int, sar: Fraction | None, rotation: int, source: str,
+    path: str,
+    fmt: str,
+    codec: str,
+    tb: Fraction,
+    pts: list[int],
+    rate: Fraction | None,
+    last_dur: int | None,
+    width: int,
+    height: int,
+    sar: Fraction | None,
+    rotation: int,
+    source: str,
 ) -> StreamProbe:
     if not pts:
         raise ProbeError(f"no frames in the video stream of {path}")
@@ -151,16 +163,29 @@ def _finish(
         fps = Fraction(len(pts) - 1) / Fraction(span).limit_denominator(1_000_000)
     frame = float(last_dur * tb) if last_dur and last_dur > 0 else 1.0 / float(fps)
     return StreamProbe(
-        path=path, format_name=fmt, codec=codec, time_base=tb, pts=tuple(pts), fps=fps, duration=span + frame,
-        coded_width=int(width), coded_height=int(height), sar=sar or Fraction(1), rotation=rotation,
-        start_time=float(pts[0] * tb), timing_source=source,
+        path=path,
+        format_name=fmt,
+        codec=codec,
+        time_base=tb,
+        pts=tuple(pts),
+        fps=fps,
+        duration=span + frame,
+        coded_width=int(width),
+        coded_height=int(height),
+        sar=sar or Fraction(1),
+        rotation=rotation,
+        start_time=float(pts[0] * tb),
+        timing_source=source,
     )
 
 
 def _probe_ffprobe(path: str, exe: str, timeout: float | None) -> StreamProbe:
     base = [exe, "-v", "error", "-of", "json", "-select_streams", "v:0"]
-    data = _run_json([*base, "-show_streams", "-show_format", "-show_entries", "packet=pts,dts,duration,flags",
-                      path], path, timeout)
+    data = _run_json(
+        [*base, "-show_streams", "-show_format", "-show_entries", "packet=pts,dts,duration,flags", path],
+        path,
+        timeout,
+    )
     streams = data.get("streams") or []
     if not streams:
         raise ProbeError(f"no video stream in {path}")
@@ -185,8 +210,14 @@ def _probe_ffprobe(path: str, exe: str, timeout: float | None) -> StreamProbe:
         last_dur = by_pts.get("duration") if isinstance(by_pts.get("duration"), int) else None
         source = "packets"
     else:  # decode once: the frames the decoder shows, with the timestamps the ffmpeg CLI uses
-        frames = _run_json([*base, "-show_entries", "frame=best_effort_timestamp,pkt_duration,duration", path],
-                           path, timeout).get("frames") or []
+        frames = (
+            _run_json(
+                [*base, "-show_entries", "frame=best_effort_timestamp,pkt_duration,duration", path],
+                path,
+                timeout,
+            ).get("frames")
+            or []
+        )
         pts = [f["best_effort_timestamp"] for f in frames if isinstance(f.get("best_effort_timestamp"), int)]
         if frames and frames[-1].get("duration") is not None:
             try:
@@ -201,8 +232,20 @@ def _probe_ffprobe(path: str, exe: str, timeout: float | None) -> StreamProbe:
             measured = Fraction(len(set(pts)) - 1) / span
             if rate is None or abs(float(measured / rate) - 1) > 0.01:
                 rate = measured.limit_denominator(100_000)
-    return _finish(path, fmt, st.get("codec_name", ""), tb, pts, rate, last_dur, int(st.get("width") or 0),
-                   int(st.get("height") or 0), _fraction(st.get("sample_aspect_ratio")), _rotation_ccw(st), source)
+    return _finish(
+        path,
+        fmt,
+        st.get("codec_name", ""),
+        tb,
+        pts,
+        rate,
+        last_dur,
+        int(st.get("width") or 0),
+        int(st.get("height") or 0),
+        _fraction(st.get("sample_aspect_ratio")),
+        _rotation_ccw(st),
+        source,
+    )
 
 
 def _probe_pyav(path: str) -> StreamProbe:
@@ -236,8 +279,20 @@ def _probe_pyav(path: str) -> StreamProbe:
             sar = Fraction(cc.sample_aspect_ratio) if cc.sample_aspect_ratio else None
             tag = stream.metadata.get("rotate")
             rotation = int(round(-float(tag))) % 360 // 90 * 90 if tag else 0
-            return _finish(path, fmt, cc.name, tb, [p for p in pts if p is not None], rate, None, cc.width,
-                           cc.height, sar, rotation, "pyav")
+            return _finish(
+                path,
+                fmt,
+                cc.name,
+                tb,
+                [p for p in pts if p is not None],
+                rate,
+                None,
+                cc.width,
+                cc.height,
+                sar,
+                rotation,
+                "pyav",
+            )
     except ProbeError:
         raise
     except Exception as exc:  # noqa: BLE001 - PyAV raises av.error.* subclasses
