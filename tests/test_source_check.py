@@ -7,7 +7,6 @@ import json
 import os
 import tarfile
 
-import pytest
 from test_real_world_video import corpus  # noqa: F401 - module-scoped fixture (the generated corpus)
 from video_fixtures import write_jsonl
 
