@@ -54,6 +54,7 @@ class PreprocessConfig:
     timeout: float = 120.0  # seconds per video; the worker is killed and the input recorded as failed
     build_index: bool = True  # single-machine job (num_jobs == 1): write sizes/shardindex/manifest at the end
     progress: bool = True  # tqdm progress bar
+    packet_skip: bool = True  # H.264-in-MP4 fast path (preprocess/avc_packets.py): decode only needed packets
 
     def validate(self) -> PreprocessConfig:
         """Check every field; raise :class:`ConfigError` naming the first bad one."""

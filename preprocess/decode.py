@@ -5,10 +5,10 @@ Both paths return the same thing for the same frame indices: frames resized so t
 
 - decord: ``VideoReader(path, width=w, height=h, num_threads=1)`` decodes straight at the resized size
   (libswscale inside decord, bilinear), then :func:`center_crop` in numpy.
-- ffmpeg: one process, one filter pass ``select=eq(n,i1)+eq(n,i2)+... , scale=w:h:flags=bilinear (decord's
-  scaler), format=rgb24, crop=S:S`` to a rawvideo rgb24 pipe (``-fps_mode passthrough`` so no frame is
-  duplicated; ``-xerror`` so a corrupt stretch fails the video rather than dropping frames, which would shift
-  the frame counter ``n``). The binary is :func:`ffmpeg_decoder_binary` (the static imageio-ffmpeg build when
+- ffmpeg: one process, one filter pass ``select=eq(pts,p1)+eq(pts,p2)+... , scale=w:h:flags=bilinear (decord's
+  scaler), format=rgb24`` to a rawvideo rgb24 pipe, cropped in numpy (``-fps_mode passthrough`` so no frame is
+  duplicated; ``-xerror`` so a corrupt stretch fails the video rather than dropping frames; ``eq(n,r)`` ranks
+  only on the packet-skip stream below, whose frames have no timestamps). The binary is :func:`ffmpeg_decoder_binary` (the static imageio-ffmpeg build when
   installed: it starts in a sixth of the CPU time of a shared-library build), handed to ffmpeg-python through
   ``cmd=``. A timeout kills it.
 
@@ -20,10 +20,16 @@ indices become ranks among the kept frames. The pixels are bit-identical to deco
 any other file, or a plan decord does not accept, is decoded whole. Measured on 10 s 640x480 libx264
 ``veryfast`` clips (keyint 250): 165 of 300 pictures decoded for 12 uniform frames, ~40% less CPU.
 
-Probing (fps, frame count, duration, width, height) uses decord's metadata (decoding frame 0 for the size) or,
-on the ffmpeg path, one stream-copy pass ``ffmpeg -i f -map 0:v:0 -c copy -f framecrc pipe:`` whose log gives
-the stream header and whose output has one line per packet (the exact count, in every ffmpeg version: 7.0 leaves
-the ``frame=`` statistics out for stream copies). ffprobe is not needed at run time.
+Probing is structured (:mod:`preprocess.probe`: ffprobe JSON, else PyAV's demuxer), never log text: exact rational
+fps, shown-frame count, per-frame presentation timestamps, coded size, rotation and SAR. Frames are chosen on
+presentation time; the ffmpeg whole-file path selects them by pts (``-copyts``, ``select=eq(pts,P)+...``), so a
+decoder that drops undecodable leading pictures (MPEG-TS cut mid-GOP) cannot shift the selection. decord is used
+only where its index agrees with the probe (same count, same times within half a frame) and the container and
+geometry are ones it handles; elsewhere :func:`probe` with ``backend="decord"`` raises and the job uses ffmpeg.
+
+Geometry as displayed, identical on both backends: the coded picture is scaled to the size that, after rotation,
+has the displayed aspect ratio (SAR applied) and short side ``S``; then ``np.rot90`` (the display matrix's
+counter-clockwise angle, ``-noautorotate`` on the ffmpeg CLI so it is applied once) and the centre crop.
 
 decord quirk: some tiny frame widths (48 px) fail with "DECORDArrayCopyFromTo: The size must exactly match";
 the job's ffmpeg fallback covers them.
@@ -35,17 +41,18 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
 
 from preprocess.avc_packets import plan_packets
+from preprocess.probe import ProbeError, StreamProbe, probe_stream
 
 __all__ = [
     "BACKENDS",
@@ -74,14 +81,69 @@ class _Timeout(DecodeError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Metadata of a video stream: ``fps`` (average), ``num_frames`` (shown frames), ``duration`` = num_frames /
-    fps (s), ``width`` and ``height`` of the coded frames."""
+    """Metadata of a video stream (from :mod:`preprocess.probe`).
+
+    ``fps`` (average, float of the exact rational), ``num_frames`` (shown frames), ``duration`` (s: last frame's
+    time + one frame), ``width`` x ``height`` of the coded frames; ``times``: presentation time of each shown frame
+    in seconds, 0 = the first shown frame; ``pts``: the same in stream ``time_base`` ticks (what the ffmpeg path
+    selects on); ``rotation`` (counter-clockwise degrees applied for display), ``sar`` (sample aspect ratio),
+    ``display_width`` x ``display_height`` (the picture as shown: SAR then rotation applied); ``format_name`` and
+    ``timing_source`` (``packets``: timestamps from trusted packets; ``frames``: from a decode).
+    Empty ``times`` (hand-made infos) means constant rate: ``times[i] = i / fps``.
+    """
 
     fps: float
     num_frames: int
     duration: float
     width: int
     height: int
+    times: tuple[float, ...] = ()
+    pts: tuple[int, ...] = ()
+    rotation: int = 0
+    sar: Fraction = Fraction(1)
+    display_width: int = 0
+    display_height: int = 0
+    format_name: str = ""
+    timing_source: str = "packets"
+    start_time: float = 0.0
+
+    @property
+    def shown_size(self) -> tuple[int, int]:
+        """``(w, h)`` of the displayed picture (coded size when not probed)."""
+        return (self.display_width or self.width, self.display_height or self.height)
+
+
+def info_from_probe(sp: StreamProbe) -> VideoInfo:
+    """:class:`VideoInfo` of a structured probe."""
+    return VideoInfo(
+        fps=float(sp.fps), num_frames=sp.num_frames, duration=sp.duration, width=sp.coded_width,
+        height=sp.coded_height, times=sp.times, pts=sp.pts, rotation=sp.rotation, sar=sp.sar,
+        display_width=sp.display_width, display_height=sp.display_height, format_name=sp.format_name,
+        timing_source=sp.timing_source, start_time=sp.start_time,
+    )
+
+
+def _structured(path: str, timeout: float | None) -> VideoInfo:
+    try:
+        return info_from_probe(probe_stream(path, timeout=timeout))
+    except ProbeError as exc:
+        raise DecodeError(str(exc)) from exc
+
+
+def _scaled_dims(info: VideoInfo, size: int) -> tuple[int, int]:
+    """Size ``(w, h)`` to scale the *coded* picture to, so that after rotation its short side is ``size`` with the
+    displayed aspect ratio (SAR applied): ``resize_dims`` of the shown size, swapped for 90 / 270."""
+    w, h = resize_dims(*info.shown_size, size)
+    return (h, w) if info.rotation in (90, 270) else (w, h)
+
+
+def _orient_and_crop(frames: np.ndarray, info: VideoInfo, size: int) -> np.ndarray:
+    """Rotate scaled coded frames ``[K, h, w, 3]`` for display (``np.rot90`` by rotation / 90, counter-clockwise,
+    as the ffmpeg CLI's autorotate) and centre-crop to ``size``."""
+    k = (info.rotation // 90) % 4
+    if k:
+        frames = np.rot90(frames, k, axes=(1, 2))
+    return center_crop(frames, size)
 
 
 @lru_cache(maxsize=1)
@@ -176,44 +238,57 @@ def _short(exc: BaseException) -> str:
     return first[:300]
 
 
-def _probe_decord(path: str) -> VideoInfo:
-    vr = _decord_reader(path)
+# decord numbers frames by its own index; it is used only where that index was shown to be the probe's
+_DECORD_FORMATS = ("mov", "mp4", "matroska", "webm")
+
+
+def _probe_decord(path: str, timeout: float | None = None) -> VideoInfo:
+    """Structured probe, then decord's own view of the file, accepted only when it agrees: same shown-frame
+    count, same presentation times (within half a frame), and a container/geometry decord handles (not MPEG-TS
+    or AVI, whose timestamps it misnumbers; no display rotation, which it ignores). Non-square pixels are fine:
+    both backends are given the same SAR-corrected output size."""
+    vr = _decord_reader(path)  # decord's own verdict first: a file it cannot open is named as such
+    info = _structured(path, timeout)
+    fmt = info.format_name
+    if not any(f in fmt.split(",") for f in _DECORD_FORMATS) or info.timing_source != "packets":
+        raise DecodeError(f"decord not used for {path}: container {fmt!r} with {info.timing_source} timing")
+    if info.rotation:
+        raise DecodeError(f"decord not used for {path}: display rotation {info.rotation} (decord ignores it)")
     n = len(vr)
-    fps = float(vr.get_avg_fps())
     if n <= 0:
         raise DecodeError(f"no frames in {path}")
-    try:
-        h, w = vr[0].shape[:2]
-    except Exception as exc:  # noqa: BLE001
-        raise DecodeError(f"decord cannot decode frame 0 of {path}: {_short(exc)}") from exc
-    if not fps > 0 or not math.isfinite(fps):
-        raise DecodeError(f"no usable frame rate in {path} (fps={fps})")
-    try:  # presentation start of frame 0 from the index (no decoding): an edit list's pre-roll is negative
-        first = float(vr.get_frame_timestamp([0])[0, 0])
+    try:  # presentation start of every frame from the index (no decoding): an edit list's pre-roll is negative
+        stamps = vr.get_frame_timestamp(list(range(n)))[:, 0]
     except Exception as exc:  # noqa: BLE001
         raise DecodeError(f"decord cannot read the frame timestamps of {path}: {_short(exc)}") from exc
-    if first < -0.5 / fps:
+    half = 0.5 / info.fps
+    if float(stamps[0]) < -half:
         # e.g. a stream-copy cut at a non-key time (ffmpeg -ss 0.5 -c copy): decord counts the hidden pre-roll
-        # frames but its random access and batch decoding disagree on their numbering, so it cannot be trusted
-        # here; ffmpeg drops them itself (the job falls back to it)
+        # frames but its random access and batch decoding disagree on their numbering
         raise DecodeError(
-            f"{path}: its MP4 edit list hides about {round(-first * fps)} leading frames, which decord numbers "
-            "inconsistently"
+            f"{path}: its MP4 edit list hides about {round(-float(stamps[0]) * info.fps)} leading frames, which "
+            "decord numbers inconsistently"
         )
-    return VideoInfo(fps=fps, num_frames=n, duration=n / fps, width=int(w), height=int(h))
+    if n != info.num_frames:
+        raise DecodeError(f"decord sees {n} frames in {path}, the probe {info.num_frames} shown frames")
+    rel = stamps - stamps[0]
+    worst = float(np.max(np.abs(rel - np.asarray(info.times)))) if n else 0.0
+    if worst > half:
+        raise DecodeError(f"decord's frame times of {path} differ from the stream's by up to {worst:.3f} s")
+    return info
 
 
 def _decode_decord(
     path: str, unique: list[int], size: int, info: VideoInfo, reference_only: bool = True
 ) -> np.ndarray:
-    w, h = resize_dims(info.width, info.height, size)
+    w, h = _scaled_dims(info, size)
     plan = plan_packets(path, unique, info.num_frames, form="mp4") if reference_only else None
     if plan is not None:
         try:  # the needed packets remuxed in memory; any surprise falls back to the whole file
             vr = _decord_reader(path, width=w, height=h, data=plan.stream)
             if len(vr) == plan.kept:
                 logger.debug("%s: decoding %d of %d packets", path, plan.kept, plan.total)
-                return center_crop(_decord_batch(vr, plan.ranks, path, w, h), size)
+                return _orient_and_crop(_decord_batch(vr, plan.ranks, path, w, h), info, size)
             logger.warning(
                 "decord sees %d of %d planned packets of %s; decoding the whole file",
                 len(vr),
@@ -225,7 +300,7 @@ def _decode_decord(
     vr = _decord_reader(path, width=w, height=h)
     if len(vr) < unique[-1] + 1:
         raise DecodeError(f"decord sees {len(vr)} frames in {path}, index {unique[-1]} requested")
-    return center_crop(_decord_batch(vr, unique, path, w, h), size)
+    return _orient_and_crop(_decord_batch(vr, unique, path, w, h), info, size)
 
 
 def _decord_batch(vr, indices: list[int], path: str, w: int, h: int) -> np.ndarray:
@@ -241,12 +316,6 @@ def _decord_batch(vr, indices: list[int], path: str, w: int, h: int) -> np.ndarr
 
 
 # -- ffmpeg ---------------------------------------------------------------------------------------------------
-_DURATION_RE = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
-_VIDEO_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<rest>.*)")
-_SIZE_RE = re.compile(r"(?<![0-9a-fx])(\d{1,5})x(\d{1,5})(?![0-9])")
-_FPS_RE = re.compile(r"(\d+(?:\.\d+)?)(k?) (fps|tbr)")
-
-
 def _run(
     args: list[str], path: str, timeout: float | None, feed: bytes | None = None
 ) -> subprocess.CompletedProcess:
@@ -262,48 +331,6 @@ def _last_error(stderr: bytes) -> str:
     return lines[-1][:300] if lines else "no message"
 
 
-def _shown_packet(line: bytes) -> bool:
-    """A framecrc line of a packet that will be shown: not a comment, not flagged discard (``F=`` bit 0x4: the
-    packets an MP4 edit list hides, which ffmpeg's decoding then drops)."""
-    if not line.strip() or line.startswith(b"#"):
-        return False
-    flags = line.rpartition(b"F=0x")[2] if b"F=0x" in line else b"0"
-    try:
-        return not int(flags.split(b",")[0].strip() or b"0", 16) & 0x4
-    except ValueError:
-        return True
-
-
-def _probe_ffmpeg(path: str, timeout: float | None = None) -> VideoInfo:
-    import ffmpeg
-
-    # one framecrc line per video packet on stdout: the frame count without relying on the "frame=" statistics
-    # field, which some ffmpeg builds (7.0) leave out for stream copies
-    stream = ffmpeg.input(path).output("pipe:", format="framecrc", map="0:v:0", c="copy")
-    args = ffmpeg.compile(stream, cmd=ffmpeg_decoder_binary())
-    args[1:1] = ["-hide_banner", "-nostdin"]
-    proc = _run(args, path, timeout)
-    log = proc.stderr.decode("utf-8", "replace")
-    video = _VIDEO_RE.search(log)
-    if video is None:
-        if "Stream #" in log:
-            raise DecodeError(f"no video stream in {path}")
-        raise DecodeError(f"ffmpeg cannot read {path}: {_last_error(proc.stderr)}")
-    rest = video.group("rest")
-    size = _SIZE_RE.search(rest)
-    fps_m = _FPS_RE.search(rest)
-    packets = sum(1 for line in proc.stdout.splitlines() if _shown_packet(line))
-    if size is None or fps_m is None:
-        raise DecodeError(f"ffmpeg reports no frame size / rate for {path}: {rest[:200]}")
-    fps = float(fps_m.group(1)) * (1000.0 if fps_m.group(2) else 1.0)
-    n = packets
-    if proc.returncode != 0 or n <= 0:
-        raise DecodeError(f"ffmpeg cannot read the video stream of {path}: {_last_error(proc.stderr)}")
-    return VideoInfo(
-        fps=fps, num_frames=n, duration=n / fps, width=int(size.group(1)), height=int(size.group(2))
-    )
-
-
 def _decode_ffmpeg(
     path: str,
     unique: list[int],
@@ -314,50 +341,65 @@ def _decode_ffmpeg(
 ) -> np.ndarray:
     import ffmpeg
 
-    w, h = resize_dims(info.width, info.height, size)
-    plan = plan_packets(path, unique, info.num_frames) if reference_only else None
+    w, h = _scaled_dims(info, size)
+    plan = None
+    if reference_only and info.timing_source == "packets" and not info.rotation:
+        plan = plan_packets(path, unique, info.num_frames)
     if plan is not None:  # H.264 in MP4: only the packets the frames need, as Annex B on stdin
         logger.debug("%s: decoding %d of %d packets", path, plan.kept, plan.total)
         try:
-            return _ffmpeg_frames(
-                ffmpeg.input("pipe:", format="h264"), plan.ranks, path, w, h, size, timeout, plan.stream
+            frames = _ffmpeg_frames(
+                ffmpeg.input("pipe:", format="h264"), _by_rank(plan.ranks), path, w, h, timeout, plan.stream
             )
+            return _orient_and_crop(frames, info, size)
         except _Timeout:
             raise
         except DecodeError as exc:  # any other surprise: the whole file decides
             logger.warning("planned ffmpeg decode of %s failed (%s); decoding the whole file", path, exc)
-    return _ffmpeg_frames(ffmpeg.input(path), unique, path, w, h, size, timeout, None)
+    if info.pts:  # whole file: pick frames by presentation timestamp (never by a decoder frame counter)
+        source = ffmpeg.input(path, copyts=None, noautorotate=None)
+        picks = _by_pts([info.pts[i] for i in unique])
+    else:
+        source = ffmpeg.input(path, noautorotate=None)
+        picks = _by_rank(unique)
+    return _orient_and_crop(_ffmpeg_frames(source, picks, path, w, h, timeout, None), info, size)
+
+
+def _by_rank(ranks: list[int]) -> tuple[str, int]:
+    return "+".join(f"eq(n,{i})" for i in ranks), len(ranks)
+
+
+def _by_pts(pts: list[int]) -> tuple[str, int]:
+    return "+".join(f"eq(pts,{p})" for p in pts), len(pts)
 
 
 def _ffmpeg_frames(
-    source, picks: list[int], path: str, w: int, h: int, size: int, timeout: float | None, feed: bytes | None
+    source, picks: tuple[str, int], path: str, w: int, h: int, timeout: float | None, feed: bytes | None
 ) -> np.ndarray:
-    """Frames ``picks`` (decoder output counter ``n``) of ``source``: uint8 ``[len(picks), size, size, 3]``."""
+    """Frames chosen by the select expression ``picks`` (``(expr, count)``) of ``source``, scaled to ``w x h``:
+    uint8 ``[count, h, w, 3]`` (coded orientation; the caller rotates and crops)."""
     import ffmpeg
 
-    expr = "+".join(f"eq(n,{i})" for i in picks)
+    expr, count = picks
     stream = (
         source.video.filter("select", expr)
         .filter("scale", w, h, flags="bilinear")  # decord's scaler: both paths give the same pixels
-        .filter("format", "rgb24")  # crop in RGB: a yuv420p crop would round an odd x offset to even
-        .filter("crop", size, size, (w - size) // 2, (h - size) // 2)  # same offsets as center_crop
+        .filter("format", "rgb24")
         .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", threads=1)
     )
     args = ffmpeg.compile(stream, cmd=ffmpeg_decoder_binary())
-    # -xerror: a decoding error (corrupt stretch) fails the video instead of silently dropping frames, which
-    # would shift select's frame counter n and return the wrong frames
+    # -xerror: a decoding error (corrupt stretch) fails the video instead of silently dropping frames
     args[1:1] = ["-hide_banner", "-nostdin", "-loglevel", "error", "-xerror", "-threads", "1"]
     proc = _run(args, path, timeout, feed)
-    frame_bytes = size * size * 3
+    frame_bytes = w * h * 3
     got = len(proc.stdout) // frame_bytes
-    if proc.returncode != 0 and got < len(picks):
+    if proc.returncode != 0 and got < count:
         raise DecodeError(f"ffmpeg failed on {path}: {_last_error(proc.stderr)}")
-    if got != len(picks) or len(proc.stdout) % frame_bytes:
+    if got != count or len(proc.stdout) % frame_bytes:
         raise DecodeError(
-            f"ffmpeg returned {got} of {len(picks)} requested frames from {path} "
-            "(truncated or corrupt stream?)"
+            f"ffmpeg returned {got} of {count} requested frames from {path} (truncated or corrupt stream?)"
         )
-    return np.frombuffer(proc.stdout, np.uint8).reshape(got, size, size, 3).copy()
+    return np.frombuffer(proc.stdout, np.uint8).reshape(got, h, w, 3).copy()
 
 
 # -- public -----------------------------------------------------------------------------------------------------
@@ -365,9 +407,9 @@ def probe(path: str, *, backend: str = "decord", timeout: float | None = None) -
     """Probe ``path`` with ``backend`` (``decord`` or ``ffmpeg``); raises :class:`DecodeError`."""
     _check_file(path)
     if backend == "decord":
-        return _probe_decord(path)
+        return _probe_decord(path, timeout)
     if backend == "ffmpeg":
-        return _probe_ffmpeg(path, timeout)
+        return _structured(path, timeout)
     raise ValueError(f"unknown decoder backend {backend!r}; expected one of {BACKENDS}")
 
 

@@ -116,8 +116,11 @@ def _select_and_decode(path: str, item: VideoItem, cfg: PreprocessConfig, backen
         start=item.start,
         end=item.end,
         sample_fps=cfg.fps,
+        frame_times=info.times or None,
+        duration=info.duration if info.times else None,
     )
-    frames = decode_frames(path, sel.indices, size=cfg.frame_size, backend=backend, info=info, timeout=cfg.timeout)
+    frames = decode_frames(path, sel.indices, size=cfg.frame_size, backend=backend, info=info, timeout=cfg.timeout,
+                           reference_only=cfg.packet_skip)
     return info, sel, frames
 
 
@@ -132,6 +135,7 @@ def make_sample(item: VideoItem, cfg: PreprocessConfig, local_path: str | None =
         raise DecodeError(f"missing file: {item.source}")
     if os.path.getsize(path) == 0:
         raise DecodeError(f"empty file (0 bytes): {item.source}")
+    backend = cfg.decoder
     if cfg.decoder == "decord":
         try:
             info, sel, frames = _select_and_decode(path, item, cfg, "decord")
@@ -141,6 +145,7 @@ def make_sample(item: VideoItem, cfg: PreprocessConfig, local_path: str | None =
             logger.info("decord failed on %s (%s); trying ffmpeg", item.source, first)
             try:
                 info, sel, frames = _select_and_decode(path, item, cfg, "ffmpeg")
+                backend = "ffmpeg"
             except (DecodeError, SamplingError) as second:
                 raise DecodeError(f"{first}; ffmpeg fallback: {second}") from second
     else:
@@ -163,6 +168,14 @@ def make_sample(item: VideoItem, cfg: PreprocessConfig, local_path: str | None =
         "num_frames": cfg.num_frames,
         "sampler": cfg.sampler,
         "padded_frames": sel.padded_frames,
+        # display geometry and timing provenance (optional fields, see docs/shard-format.md)
+        "coded_width": info.width,
+        "coded_height": info.height,
+        "rotation": info.rotation,
+        "sar": f"{info.sar.numerator}:{info.sar.denominator}",
+        "time_origin": "first_shown_frame",
+        "stream_start_time": round(info.start_time, 6),
+        "decoder": backend,
     }
     members["txt"] = item.captions[0].encode("utf-8")
     members["json"] = encode_json(meta)

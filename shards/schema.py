@@ -22,6 +22,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "KEY_PATTERN",
     "SAMPLE_JSON_FIELDS",
+    "SAMPLE_JSON_OPTIONAL_FIELDS",
     "SAMPLERS",
     "SIZES_FILE",
     "SHARDINDEX_FILE",
@@ -61,6 +62,20 @@ SAMPLE_JSON_FIELDS = (
     "num_frames",
     "sampler",
     "padded_frames",
+)
+
+# Optional fields (written by the shard job since the presentation-time work; readers must not require them):
+# coded size, display rotation (counter-clockwise degrees), sample aspect ratio "N:D", the origin of
+# frame_times ("first_shown_frame": 0 s = the first frame shown), the stream's own start time on the container
+# clock (s) and the backend that decoded the frames.
+SAMPLE_JSON_OPTIONAL_FIELDS = (
+    "coded_width",
+    "coded_height",
+    "rotation",
+    "sar",
+    "time_origin",
+    "stream_start_time",
+    "decoder",
 )
 
 SIZES_FILE = "sizes.json"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m shards.verify ROOT/SPLIT [--no-decode] [--endpoint-url URL]
+    python -m shards.verify ROOT/SPLIT [--no-decode] [--endpoint-url URL] [--source-check N]
 
 For every shard listed in ``shardindex.json``: the file exists; its size and md5 match the index; the number of
 samples in the tar equals ``nsamples``; every sample has ``txt`` + ``json`` + frames ``f000.jpg`` ...
@@ -12,6 +12,9 @@ txt equals the json ``caption`` and every frame decodes as a JPEG of the json's 
 ``decode=False`` only the JPEG headers are parsed). Split files must agree: ``sizes.json`` = index counts,
 ``captions.json`` = caption counts of the samples, ``manifest.json`` totals (``ok`` = sum of ``nsamples``,
 ``ok + failed = inputs``). The tar is read once, as a stream, for both the hash and the samples.
+
+``--source-check N`` also re-decodes N random samples from their source videos through an independent ffmpeg
+path and compares pixels and timestamps (:mod:`shards.source_check`).
 
 The CLI prints one line per problem (naming shard and sample key) and a summary, and exits 1 on any problem.
 """
@@ -409,6 +412,18 @@ def _missing_split(prog: str, url: str) -> str | None:
     if not any(n.endswith(".tar") or n == "shardindex.json" for n in os.listdir(url)):
         return f"split folder {url!r} has no shards (no *.tar, no shardindex.json)"
     return None
+def add_source_check(
+    report: VerifyReport, split_url: str, n: int, storage: sfs.StorageOptions | None = None
+) -> None:
+    """With ``n > 0``: :func:`shards.source_check.source_check` on ``n`` samples; its problems go to ``report``."""
+    if n <= 0:
+        return
+    from shards.source_check import source_check
+
+    checked, problems = source_check(split_url, n, storage)
+    logger.info("source check: %d samples re-decoded from their sources", checked)
+    for shard, key, msg in problems:
+        report.add(shard, key, f"source check: {msg}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     import nrconfig  # here, not at import time: shard readers never load the config machinery
 
     nrconfig.add_version(p)
+    p.add_argument("--source-check", type=int, default=0, metavar="N",
+                   help="also re-decode N random samples from their sources and compare (shards.source_check)")
     args = p.parse_args(argv)
     problem = _missing_split(p.prog, args.split_url)
     if problem:
@@ -430,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     storage = sfs.StorageOptions(endpoint_url=args.endpoint_url) if args.endpoint_url else None
     try:
         report = verify_split(args.split_url, storage=storage, decode=not args.no_decode)
+        add_source_check(report, args.split_url, args.source_check, storage)
     except OSError as e:
         sys.stderr.write(f"nr-shards-verify: error: {e}\n")
         return 1

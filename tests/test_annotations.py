@@ -246,7 +246,7 @@ def test_didemo_paragraph_per_video(tmp_path):
         VideoItem(
             "didemo",
             "train",
-            "10015567@N08_3655084291.mov",
+            "10015567@N08_3655084291",
             str(tmp_path / "10015567@N08_3655084291.mov.mp4"),
             ("a man walks into view the man leaves dark room",),
             0.0,
@@ -255,7 +255,7 @@ def test_didemo_paragraph_per_video(tmp_path):
         VideoItem(
             "didemo",
             "train",
-            "10064334@N00_2406203096.mp4",
+            "10064334@N00_2406203096",
             str(tmp_path / "sub/10064334@N00_2406203096.mp4.avi"),
             ("first red car appears the car drives away",),
             0.0,
@@ -468,3 +468,56 @@ def test_annotations_and_video_tree_on_s3(s3_bucket):
         ("vid2", f"{s3_bucket}/videos/x/vid2.avi"),
         ("vid3", f"{s3_bucket}/videos/vid3.mp4"),
     ]
+
+
+# -------------------------------------------------- real DiDeMo files: standard lists, extension-less, distinct ids
+def _external(*parts: str) -> str:
+    root = os.environ.get("NEIGHBORRETR_EXTERNAL_DATA")
+    if not root:
+        pytest.skip("NEIGHBORRETR_EXTERNAL_DATA is not set (needs didemo/{val,test}_data.json and standard lists)")
+    path = os.path.join(root, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is missing")
+    return path
+
+
+@pytest.mark.parametrize("split,count,json_count", [("val", 1065, 1094), ("test", 1004, 1037)])
+def test_didemo_standard_lists_on_the_real_files(tmp_path, split, count, json_count):
+    src = _external("didemo", f"{split}_data.json")
+    anno = tmp_path / "anno"
+    anno.mkdir()
+    shutil.copy(src, anno / f"{split}_data.json")
+    shutil.copy(_external("didemo", f"{split}_list.txt"), anno / f"{split}_list.txt")
+    with open(src, encoding="utf-8") as f:
+        assert len({m["video"] for m in json.load(f)}) == json_count  # the non-standard, json-derived set
+    entries = [ln.strip() for ln in open(anno / f"{split}_list.txt", encoding="utf-8") if ln.strip()]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    bare = entries[0].rsplit(".", 1)[0]
+    (videos / bare).write_bytes(b"x")  # DiDeMo's download script: the id, no extension
+    (videos / entries[1]).write_bytes(b"x")  # the name exactly as listed
+    items = load_items("didemo", split, str(anno), str(videos))
+    assert len(items) == count == len(set(entries))
+    assert len({it.video_id for it in items}) == count
+    assert all("." not in it.video_id for it in items)  # ids without the extension
+    assert items[0].video_id == bare and items[0].source == str(videos / bare)
+    assert items[1].source == str(videos / entries[1])
+
+
+def test_didemo_entries_sharing_a_bare_id_keep_distinct_ids(tmp_path):
+    anno = tmp_path / "anno"
+    anno.mkdir()
+    moments = [{"video": v, "description": d, "times": [[0, 1]]} for v, d in (("a@N0_1.mp4", "x"), ("a@N0_1.avi", "y"))]
+    (anno / "test_data.json").write_text(json.dumps(moments))
+    (anno / "test_list.txt").write_text("a@N0_1.mp4\na@N0_1.avi\n")
+    items = load_items("didemo", "test", str(anno), str(tmp_path / "none"))
+    assert [it.video_id for it in items] == ["a@N0_1.mp4", "a@N0_1.avi"]
+
+
+def test_jsonl_files_with_the_same_stem_get_distinct_ids(tmp_path):
+    rows = [{"video_path": "clip.mp4", "caption": "a"}, {"video_path": "clip.mkv", "caption": "b"},
+            {"video_path": "other.mp4", "caption": "c"}]
+    anno = tmp_path / "a.jsonl"
+    anno.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = load_items("jsonl", "train", str(anno), str(tmp_path))
+    assert [it.video_id for it in items] == ["clip.mp4", "clip.mkv", "other"]

@@ -22,7 +22,7 @@ from preprocess.decode import decode_frames
 from preprocess.frames import decode_jpeg
 from preprocess.job import job_shards, run_job, sample_keys
 from shards import fs as sfs
-from shards.schema import SAMPLE_JSON_FIELDS, make_key
+from shards.schema import SAMPLE_JSON_FIELDS, SAMPLE_JSON_OPTIONAL_FIELDS, make_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,7 +120,8 @@ def test_round_trip_metadata_frames_and_determinism(videos, round_trip_anno, tmp
     fps = {"jsonl_v1": 16.0, "jsonl_v2_000": 20.0, "jsonl_v2_001": 20.0, spaces_key: 20.0}
     for key, s in got.items():
         meta = s["json"]
-        assert set(meta) == set(SAMPLE_JSON_FIELDS)
+        assert set(meta) == set(SAMPLE_JSON_FIELDS) | set(SAMPLE_JSON_OPTIONAL_FIELDS)
+        assert (meta["rotation"], meta["sar"], meta["time_origin"]) == (0, "1:1", "first_shown_frame")
         assert meta["src_fps"] == fps[key] and meta["num_frames"] == 6 and meta["width"] == meta["height"] == 64
         assert meta["caption"] == s["txt"] == meta["captions"][0]
         frames = [s[f"f{i:03d}.jpg"] for i in range(6)]

@@ -83,10 +83,19 @@ def _group(
                 line=line,
             )
         g.captions.append(caption)
-    return [
-        VideoItem(dataset, split, g.video_id, g.source, tuple(g.captions), g.start, g.end)
-        for g in groups.values()
-    ]
+    # a derived id (file stem) shared by distinct files (clip.mp4, clip.mkv) becomes the file name: distinct files
+    # never share a video id
+    sources: dict[str, set[str]] = {}
+    for (vpath, _, _), g in groups.items():
+        sources.setdefault(g.video_id, set()).add(vpath)
+    items = []
+    for (vpath, _, _), g in groups.items():
+        vid = g.video_id
+        name = vpath.rstrip("/").rsplit("/", 1)[-1]
+        if len(sources[vid]) > 1 and vid == os.path.splitext(name)[0]:
+            vid = name
+        items.append(VideoItem(dataset, split, vid, g.source, tuple(g.captions), g.start, g.end))
+    return items
 
 
 def load_csv(
