@@ -24,7 +24,14 @@ from eval import plots
 from eval.evaluate import Direction, EvalResult, compute
 from eval.hubness import top_hubs
 from eval.posthoc import METHODS, apply, tune
-from eval.report import comparison_table, hubness_table, retrieval_table, write_metrics_json, write_report
+from eval.report import (
+    comparison_table,
+    hubness_table,
+    retrieval_table,
+    undefined_notes,
+    write_metrics_json,
+    write_report,
+)
 from eval.scores_io import ScoreSet, load_bank, load_scores
 from eval.stats import paired_test
 
@@ -114,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     res = compute(main_ss, ks)
     metrics = res.flat(pre, ci=True, seed=args.seed)
     systems: list[tuple[str, dict[str, float], EvalResult]] = [(names[0], metrics, res)]
-    dup = int(res.t2v.b.astype(bool).sum())
-    if dup:
-        notes.append(f"{dup} t2v queries tie with their ground truth (duplicate captions/items?).")
+    notes.extend(res.notes())
 
     # ---- post-hoc baselines (t2v)
     if methods:
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{spec.label}: untuned defaults {params} (no validation split given).")
             if spec.transductive:
                 notes.append(f"{spec.label} is transductive: it uses all test queries at once.")
-            new = apply(m, scores, bank, **params).astype(np.float32)
+            new = apply(m, scores, bank, **params)  # float64: a float32 cast zeroes DSL entries (ties)
             ss = ScoreSet.from_arrays(new, main_ss.query_ids, main_ss.gallery_ids, gt=main_ss.gt,
                                       relevance=main_ss.relevance, source=f"{args.scores}+{m}")
             r = compute(ss, ks)
@@ -179,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"(95% CI {0.0 - test['ci_hi']:+.2f}..{0.0 - test['ci_lo']:+.2f}, "
                          f"p = {test['p_value']:.4f}).")
 
+    notes.extend(undefined_notes(metrics))
     write_metrics_json(metrics, out / "metrics.json")
     _write_details(out, res)
     (out / "comparison.json").write_text(json.dumps({n: f for n, f, _ in systems}, indent=1, sort_keys=True))

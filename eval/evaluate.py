@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eval.hubness import HUB_KS, boundary_weights, candidates, check_total, hubness_stats, top_values
-from eval.retrieval import RECALL_KS, clip4clip_from_counts, expected_hits, retrieval_metrics, tie_counts
+from eval.retrieval import (
+    RECALL_KS,
+    clip4clip_from_counts,
+    clip4clip_from_positions,
+    expected_hits,
+    retrieval_metrics,
+    tie_counts,
+)
 from eval.scores_io import ScoreSet
 
 logger = logging.getLogger(__name__)
@@ -68,6 +75,21 @@ class EvalResult:
     clip4clip: dict[str, dict[str, float]]
     n_queries: int
     n_gallery: int
+
+    def notes(self) -> list[str]:
+        """Warnings a reader must see: tied ground truths in either direction, videos without a caption."""
+        out = []
+        dup_t = int((self.t2v.b > 0).sum())
+        if dup_t:
+            out.append(f"{dup_t} t2v queries tie with their ground truth (duplicate captions/items?).")
+        dup_v = int((self.v2t.b > 0).sum())
+        if dup_v:
+            out.append(f"{dup_v} v2t queries tie with their ground truth (duplicate captions or videos?).")
+        n_empty = self.n_gallery - len(self.v2t.a)
+        if n_empty:
+            out.append(f"{n_empty} of {self.n_gallery} videos have no relevant caption: they are no v2t queries "
+                       f"(v2t uses {len(self.v2t.a)} queries).")
+        return out
 
     def directions(self) -> list[Direction]:
         return [d for d in (self.t2v, self.v2t, self.v2t_groupmax) if d is not None]
@@ -124,7 +146,8 @@ def _valid_ks(ks: Sequence[int], n: int, what: str) -> list[int]:
 def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
     """Run both passes over ``ss.chunks()`` and return per-query counts and per-item occurrences."""
     n_q, n_g = ss.shape
-    gt = ss.gt
+    gt = ss.gt if ss.gt is not None else _one_hot_gt(ss)
+    dt = np.float64 if ss.is_dense and ss.scores.dtype == np.float64 else np.float32
     ks_t = _valid_ks(ks, n_g, "t2v")
     ks_v = _valid_ks(ks, n_q, "v2t")
     kmax_t, kmax_v = (max(ks_t) if ks_t else 0), (max(ks_v) if ks_v else 0)
@@ -136,14 +159,15 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
     good_t = {k: np.zeros(n_g) for k in ks_t}
     col_sum = np.zeros(n_g)
     row_mean = np.zeros(n_q)
-    m_col = np.full(n_g, -np.inf, np.float32)
-    s_gt = np.zeros(n_q, np.float32) if gt is not None else None
-    col_top = np.full((kmax_v, n_g), -np.inf, np.float32) if kmax_v else None
+    m_col = np.full(n_g, -np.inf, dt)
+    s_gt = np.zeros(n_q, dt) if gt is not None else None
+    pos_t = np.zeros(n_q, np.int64)  # CLIP4Clip argsort position of the GT (multi-sentence branch)
+    col_top = np.full((kmax_v, n_g), -np.inf, dt) if kmax_v else None
     multi_caption = gt is not None and np.bincount(gt, minlength=n_g).max() > 1
     gmax = None
     if multi_caption:
         if n_g * n_g <= GROUP_MAX_LIMIT:
-            gmax = np.full((n_g, n_g), -np.inf, np.float32)
+            gmax = np.full((n_g, n_g), -np.inf, dt)
         else:
             logger.warning("group-max v2t skipped: %d x %d group matrix too large", n_g, n_g)
 
@@ -155,6 +179,9 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
             g_c = gt[r0:r1]
             a, b, c = tie_counts(s, gt=g_c)
             s_gt[r0:r1] = s[rows, g_c]
+            if multi_caption:
+                before = (s == s_gt[r0:r1, None]) & (np.arange(n_g)[None, :] < g_c[:, None])
+                pos_t[r0:r1] = a + before.sum(axis=1)
             np.maximum.at(m_col, g_c, s_gt[r0:r1])
             if gmax is not None:
                 _group_max_into(gmax, s, g_c)
@@ -182,7 +209,7 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
 
     # ---------------------------------------------------------------- pass 2 (v2t)
     has_rel = np.isfinite(m_col)
-    m2 = np.where(has_rel, m_col, np.inf).astype(np.float32)
+    m2 = np.where(has_rel, m_col, np.inf).astype(dt)
     a_v = np.zeros(n_g, np.int64)
     eq_v = np.zeros(n_g, np.int64)
     b_v = np.zeros(n_g, np.int64)
@@ -230,7 +257,8 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
     c4c: dict[str, dict[str, float]] = {}
     v2t_gm = None
     if gt is not None:
-        c4c["t2v"] = clip4clip_from_counts(a_t, b_t + 1)
+        # single caption per video: compute_metrics (tie-denominator); several: the argsort multi-sentence branch
+        c4c["t2v"] = clip4clip_from_positions(pos_t) if multi_caption else clip4clip_from_counts(a_t, b_t + 1)
         if gmax is not None:
             nonempty = np.flatnonzero(np.bincount(gt, minlength=n_g) > 0)
             m = gmax[np.ix_(nonempty, nonempty)].T  # rows: video queries, cols: caption groups
@@ -241,6 +269,23 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
         else:
             c4c["v2t"] = clip4clip_from_counts(v2t.a, v2t.b + v2t.c)
     return EvalResult(t2v, v2t, v2t_gm, c4c, n_q, n_g)
+
+
+def _one_hot_gt(ss: ScoreSet) -> np.ndarray | None:
+    """The ``gt`` form of relevance that has exactly one relevant column per row (what ``training.score`` writes
+    for multi-caption splits), so both forms give the same keys (group-max v2t, CLIP4Clip); else None."""
+    if not ss.has_relevance:
+        return None
+    parts = []
+    if ss.relevance is not None:
+        rels = [ss.relevance]
+    else:
+        rels = (ch.relevance for ch in ss.chunks())
+    for rel in rels:
+        if not (rel.sum(axis=1) == 1).all():
+            return None
+        parts.append(np.argmax(rel, axis=1))
+    return np.concatenate(parts).astype(np.int64)
 
 
 def _group_max_into(gmax: np.ndarray, s: np.ndarray, groups: np.ndarray) -> None:

@@ -32,6 +32,22 @@ def _clean(v: float) -> float | None:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def undefined_notes(metrics: Mapping[str, float]) -> list[str]:
+    """One note per undefined (NaN) metric name, naming the keys and the reason (``n/a`` in the tables)."""
+    from eval.hubness import UNDEFINED_REASONS
+
+    by_name: dict[str, list[str]] = {}
+    for key, v in sorted(metrics.items()):
+        if isinstance(v, float) and math.isnan(v):
+            by_name.setdefault(key.rsplit("/", 1)[-1], []).append(key)
+    out = []
+    for name, keys in by_name.items():
+        reason = UNDEFINED_REASONS.get(name, "undefined for this input")
+        shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+        out.append(f"n/a = undefined: {shown}: {reason}.")
+    return out
+
+
 def write_metrics_json(metrics: Mapping[str, float], path: str | os.PathLike) -> Path:
     """Write flat metrics as sorted JSON (non-finite values become null); atomic rename."""
     path = Path(path)
@@ -46,7 +62,7 @@ def _fmt(v: float | None, key: str = "") -> str:
     if v is None:
         return "-"
     if isinstance(v, float) and not math.isfinite(v):
-        return "nan"
+        return "n/a"
     if key.split("/")[-1].startswith(("R@", "Rsum")) or "/R@" in key:
         return f"{v:.2f}"
     if abs(v) >= 100 or float(v).is_integer():

@@ -135,6 +135,22 @@ def clip4clip_from_counts(
     return out
 
 
+def clip4clip_from_positions(pos: np.ndarray, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """CLIP4Clip's multi-sentence t2v metrics (``tensor_text_to_video_metrics``) from 0-based argsort positions.
+
+    That branch sorts each caption's row with argsort (descending) and takes the position of the ground-truth video;
+    ties therefore fall in index order (a stable sort), not into a tie denominator. pos int [Q] is the number of
+    columns sorted before the GT: a + #{j not GT : s_qj = s_q,gt and j < gt}. R@K = 100 * mean(pos < K),
+    MdR = median(pos) + 1, MnR = mean(pos) + 1.
+    """
+    p = np.asarray(pos, dtype=np.int64)
+    out = {f"R@{k}": 100.0 * float((p < k).mean()) for k in ks}
+    out["MdR"] = float(np.median(p)) + 1.0
+    out["MnR"] = float(p.mean()) + 1.0
+    out["n_positions"] = float(p.size)
+    return out
+
+
 def clip4clip_metrics(
     scores: np.ndarray, gt: np.ndarray | None = None, ks: Sequence[int] = RECALL_KS
 ) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import os
 import zlib
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from eval.retrieval import (
 )
 from eval.scores_io import ScoreSet, load_scores, save_embeddings, save_score_chunks, save_scores
 
-MSRVTT_CSV = Path("/work/shared/data/msrvtt/MSRVTT_JSFUSION_test.csv")
+# Real MSR-VTT 1k-A test list, kept outside the repo: NEIGHBORRETR_EXTERNAL_DATA names the folder that holds msrvtt/.
+MSRVTT_CSV_REL = "msrvtt/MSRVTT_JSFUSION_test.csv"
 
 
 # ------------------------------------------------------------------ brute-force reference (independent of eval/)
@@ -163,7 +165,13 @@ def test_multicaption_v2t_conventions():
 
 
 def _msrvtt_rows():
-    with MSRVTT_CSV.open() as f:
+    root = os.environ.get("NEIGHBORRETR_EXTERNAL_DATA")
+    if not root:
+        pytest.skip(f"NEIGHBORRETR_EXTERNAL_DATA is not set (needs the real {MSRVTT_CSV_REL})")
+    path = Path(root) / MSRVTT_CSV_REL
+    if not path.is_file():
+        pytest.skip(f"{path} is missing (NEIGHBORRETR_EXTERNAL_DATA must hold the real {MSRVTT_CSV_REL})")
+    with path.open() as f:
         return list(csv.DictReader(f))
 
 
@@ -202,7 +210,7 @@ def test_chunked_equals_dense(tmp_path):
     chunked = evaluate(load_scores(tmp_path / "chunks"), ks=(1, 5, 10))
     assert chunked.keys() == dense.keys()
     for k in dense:
-        assert chunked[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9), k
+        assert chunked[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9, nan_ok=True), k
     # callable source producing chunks on the fly, with odd chunk sizes
     def factory():
         for a, b in ((0, 1), (1, 100), (100, 230)):
@@ -210,7 +218,7 @@ def test_chunked_equals_dense(tmp_path):
 
     lazy = evaluate(ScoreSet.from_chunks(factory, qids, gids, gt=gt), ks=(1, 5, 10))
     for k in dense:
-        assert lazy[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9), k
+        assert lazy[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9, nan_ok=True), k
 
 
 def test_chunked_relevance_and_embeddings(tmp_path):
@@ -226,8 +234,8 @@ def test_chunked_relevance_and_embeddings(tmp_path):
     save_score_chunks(tmp_path / "ch", qe @ ge.T, qids, gids, relevance=rel, rows_per_chunk=7)
     ch = evaluate(load_scores(tmp_path / "ch"), ks=(1, 5))
     for k in dense:
-        assert emb[k] == pytest.approx(dense[k], rel=1e-5, abs=1e-6), k
-        assert ch[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9), k
+        assert emb[k] == pytest.approx(dense[k], rel=1e-5, abs=1e-6, nan_ok=True), k
+        assert ch[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9, nan_ok=True), k
 
 
 def test_save_load_round_trip(tmp_path):

@@ -1,0 +1,130 @@
+"""Audit findings of the eval package (issue 15), each against an independent reference or hand-computed case."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eval import posthoc
+from eval.__main__ import main
+from eval.evaluate import compute
+from eval.hubness import hubness_stats
+from eval.posthoc import Method, dual_softmax, mean_r1
+from eval.scores_io import ScoreSet, save_scores
+
+
+def clip4clip_multisentence_reference(scores: np.ndarray, gt: np.ndarray, n_videos: int) -> dict[str, float]:
+    """CLIP4Clip's multi-sentence t2v metric, written from its description (``tensor_text_to_video_metrics``):
+    captions are grouped per video into a [n_videos, max_captions, n_videos] tensor padded with -inf rows; every
+    caption row is argsorted descending, argsorted again (giving each column's position), the position of the
+    row's own video is read off the diagonal, padded rows are dropped; R@K = 100 * mean(pos < K), MdR =
+    median(pos) + 1, MnR = mean(pos) + 1. Ties fall in index order (a stable sort)."""
+    per_video = [np.flatnonzero(gt == v) for v in range(n_videos)]
+    max_cap = max(len(p) for p in per_video)
+    sim = np.full((n_videos, max_cap, n_videos), -np.inf)
+    for v, rows in enumerate(per_video):
+        sim[v, : len(rows)] = scores[rows]
+    stacked = sim.transpose(1, 0, 2)  # [max_cap, n_videos, n_videos]
+    first = np.argsort(-stacked, axis=-1, kind="stable")
+    second = np.argsort(first, axis=-1, kind="stable")
+    ranks = np.diagonal(second, axis1=1, axis2=2).reshape(-1)
+    orig = np.diagonal(stacked, axis1=1, axis2=2).reshape(-1)
+    valid = ranks[np.isfinite(orig)]
+    out = {f"R@{k}": 100.0 * float((valid < k).mean()) for k in (1, 5, 10)}
+    out["MdR"] = float(np.median(valid)) + 1
+    out["MnR"] = float(valid.mean()) + 1
+    return out
+
+
+def _tied_multicaption(seed=0, n_vid=40, n_cap=5, levels=6):
+    rng = np.random.default_rng(seed)
+    gt = np.repeat(np.arange(n_vid), n_cap)
+    s = rng.normal(size=(n_vid * n_cap, n_vid))
+    s[np.arange(len(gt)), gt] += 0.5
+    return np.round(s * levels / 4) / levels, gt  # coarse: many ties, also at the ground truth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_finding1_clip4clip_multisentence_t2v_is_argsort(seed):
+    s, gt = _tied_multicaption(seed)
+    assert compute(ScoreSet.from_arrays(s, gt=gt)).t2v.b.sum() > 50  # the case is heavily tied
+    got = compute(ScoreSet.from_arrays(s, gt=gt)).clip4clip["t2v"]
+    ref = clip4clip_multisentence_reference(s, gt, 40)
+    for key, v in ref.items():
+        assert got[key] == pytest.approx(v, abs=1e-9), key
+
+
+def test_finding1_single_caption_keeps_compute_metrics_tie_denominator():
+    s = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 0.5], [0.2, 0.1, 0.9]])
+    got = compute(ScoreSet.from_arrays(s)).clip4clip["t2v"]
+    assert got["R@1"] == pytest.approx(100 * 3 / 4)  # 4 positions (query 0 counts twice), 3 of them at 0
+
+
+def _forms(s, gt, n_vid):
+    rel = np.zeros(s.shape, bool)
+    rel[np.arange(len(gt)), gt] = True
+    return ScoreSet.from_arrays(s, gt=gt), ScoreSet.from_arrays(s, relevance=rel), rel
+
+
+def test_finding2_relevance_form_has_every_gt_key(tmp_path):
+    s, gt = _tied_multicaption(3, n_vid=12, n_cap=3)
+    g, r, rel = _forms(s, gt, 12)
+    fg, fr = compute(g).flat(), compute(r).flat()
+    assert any(k.startswith("test/v2t_groupmax/") for k in fg) and any("clip4clip/v2t" in k for k in fg)
+    assert fr.keys() == fg.keys()
+    for k in fg:
+        assert fr[k] == pytest.approx(fg[k], nan_ok=True), k
+    # the chunked relevance form (training.score) too
+    chunks = ScoreSet.from_chunks(lambda: [(s[i : i + 7].astype(np.float32), rel[i : i + 7]) for i in range(0, 36, 7)],
+                                  g.query_ids, g.gallery_ids, chunk_relevance=True)
+    fc = compute(chunks).flat()
+    assert fc.keys() == fg.keys()
+
+
+def test_finding3_uncaptioned_video_and_duplicate_captions_are_noted(tmp_path):
+    # 5 videos, one caption each for videos 0-3 (video 4 has none); captions 0 and 1 are identical texts (their
+    # rows are equal), as the duplicate captions of MSR-VTT 1k-A: v2t of videos 0 and 1 tie at the ground truth
+    s = np.array([[0.9, 0.5, 0.2, 0.3, 0.0], [0.9, 0.5, 0.2, 0.3, 0.0], [0.1, 0.2, 0.8, 0.0, 0.1],
+                  [0.0, 0.3, 0.1, 0.7, 0.2]])
+    gt = np.array([0, 1, 2, 3])
+    notes = compute(ScoreSet.from_arrays(s, gt=gt)).notes()
+    assert "1 of 5 videos have no relevant caption: they are no v2t queries (v2t uses 4 queries)." in notes
+    assert "2 v2t queries tie with their ground truth (duplicate captions or videos?)." in notes
+    assert not any("t2v queries tie" in n for n in notes)
+    save_scores(tmp_path / "s.npz", s, [f"t{i}" for i in range(4)], [f"v{i}" for i in range(5)], gt=gt)
+    assert main([str(tmp_path / "s.npz"), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "1 of 5 videos have no relevant caption" in report and "2 v2t queries tie" in report
+
+
+def test_finding4_posthoc_is_evaluated_in_float64(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    n = 200  # logit-scale scores (x100 cosine-like spread): DSL at T = 0.01 underflows float32
+    s = (rng.normal(size=(n, n)) * 5.0 + 10.0 * np.eye(n) * rng.uniform(0, 1, n)).astype(np.float32)
+    new = dual_softmax(s, temperature=0.01)
+    assert (new.astype(np.float32) == 0).sum() > (new == 0).sum() + 4000  # float32 flushes these to exact zeros
+    expect = 100.0 * mean_r1(new, gt=np.arange(n))
+    assert expect != pytest.approx(100.0 * mean_r1(new.astype(np.float32), gt=np.arange(n)), abs=1.0)
+    monkeypatch.setitem(posthoc.METHODS, "dsl", Method(dual_softmax, False, {"temperature": 0.01}, True, "DSL"))
+    save_scores(tmp_path / "s.npz", s, [f"t{i}" for i in range(n)], [f"v{i}" for i in range(n)], gt=np.arange(n))
+    assert main([str(tmp_path / "s.npz"), "--out", str(tmp_path / "o"), "--posthoc", "dsl", "--no-plots"]) == 0
+    got = json.loads((tmp_path / "o" / "metrics.json").read_text())["test/posthoc/dsl/t2v/R@1"]
+    assert got == pytest.approx(expect, abs=1e-9)
+
+
+def test_finding6_undefined_is_nan_null_and_na_with_reason(tmp_path):
+    st = hubness_stats(np.full(6, 2.0), 2, 6, good=np.full(6, 1.0), centrality=np.arange(6.0))
+    assert np.isnan(st["skew"]) and np.isnan(st["bad_rate_hubs"]) and np.isnan(st["spearman_centrality"])
+    # identity scores: every video is retrieved exactly once at every k -> no hubs, equal N_k
+    n = 6
+    s = np.eye(n) + np.arange(n)[None, :] * 1e-3
+    save_scores(tmp_path / "s.npz", s, [f"t{i}" for i in range(n)], [f"v{i}" for i in range(n)], gt=np.arange(n))
+    assert main([str(tmp_path / "s.npz"), "--out", str(tmp_path / "o"), "--no-plots", "--ks", "1"]) == 0
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["test/hub/t2v/k1/skew"] is None and m["test/hub/t2v/k1/bad_rate_hubs"] is None
+    report = (tmp_path / "o" / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| t2v | 1 |"))
+    assert "n/a" in row and " 0.0 |" not in row.split("|")[3]
+    assert "there are no hubs (N_k >= 2 mu_k)" in report and "zero variance: skewness is 0/0" in report
