@@ -77,8 +77,12 @@ def test_finding2_relevance_form_has_every_gt_key(tmp_path):
     for k in fg:
         assert fr[k] == pytest.approx(fg[k], nan_ok=True), k
     # the chunked relevance form (training.score) too
-    chunks = ScoreSet.from_chunks(lambda: [(s[i : i + 7].astype(np.float32), rel[i : i + 7]) for i in range(0, 36, 7)],
-                                  g.query_ids, g.gallery_ids, chunk_relevance=True)
+    chunks = ScoreSet.from_chunks(
+        lambda: [(s[i : i + 7].astype(np.float32), rel[i : i + 7]) for i in range(0, 36, 7)],
+        g.query_ids,
+        g.gallery_ids,
+        chunk_relevance=True,
+    )
     fc = compute(chunks).flat()
     assert fc.keys() == fg.keys()
 
@@ -86,8 +90,14 @@ def test_finding2_relevance_form_has_every_gt_key(tmp_path):
 def test_finding3_uncaptioned_video_and_duplicate_captions_are_noted(tmp_path):
     # 5 videos, one caption each for videos 0-3 (video 4 has none); captions 0 and 1 are identical texts (their
     # rows are equal), as the duplicate captions of MSR-VTT 1k-A: v2t of videos 0 and 1 tie at the ground truth
-    s = np.array([[0.9, 0.5, 0.2, 0.3, 0.0], [0.9, 0.5, 0.2, 0.3, 0.0], [0.1, 0.2, 0.8, 0.0, 0.1],
-                  [0.0, 0.3, 0.1, 0.7, 0.2]])
+    s = np.array(
+        [
+            [0.9, 0.5, 0.2, 0.3, 0.0],
+            [0.9, 0.5, 0.2, 0.3, 0.0],
+            [0.1, 0.2, 0.8, 0.0, 0.1],
+            [0.0, 0.3, 0.1, 0.7, 0.2],
+        ]
+    )
     gt = np.array([0, 1, 2, 3])
     notes = compute(ScoreSet.from_arrays(s, gt=gt)).notes()
     assert "1 of 5 videos have no relevant caption: they are no v2t queries (v2t uses 4 queries)." in notes
@@ -104,12 +114,20 @@ def test_finding4_posthoc_is_evaluated_in_float64(tmp_path, monkeypatch):
     n = 200  # logit-scale scores (x100 cosine-like spread): DSL at T = 0.01 underflows float32
     s = (rng.normal(size=(n, n)) * 5.0 + 10.0 * np.eye(n) * rng.uniform(0, 1, n)).astype(np.float32)
     new = dual_softmax(s, temperature=0.01)
-    assert (new.astype(np.float32) == 0).sum() > (new == 0).sum() + 4000  # float32 flushes these to exact zeros
+    assert (new.astype(np.float32) == 0).sum() > (
+        new == 0
+    ).sum() + 4000  # float32 flushes these to exact zeros
     expect = 100.0 * mean_r1(new, gt=np.arange(n))
     assert expect != pytest.approx(100.0 * mean_r1(new.astype(np.float32), gt=np.arange(n)), abs=1.0)
-    monkeypatch.setitem(posthoc.METHODS, "dsl", Method(dual_softmax, False, {"temperature": 0.01}, True, "DSL"))
-    save_scores(tmp_path / "s.npz", s, [f"t{i}" for i in range(n)], [f"v{i}" for i in range(n)], gt=np.arange(n))
-    assert main([str(tmp_path / "s.npz"), "--out", str(tmp_path / "o"), "--posthoc", "dsl", "--no-plots"]) == 0
+    monkeypatch.setitem(
+        posthoc.METHODS, "dsl", Method(dual_softmax, False, {"temperature": 0.01}, True, "DSL")
+    )
+    save_scores(
+        tmp_path / "s.npz", s, [f"t{i}" for i in range(n)], [f"v{i}" for i in range(n)], gt=np.arange(n)
+    )
+    assert (
+        main([str(tmp_path / "s.npz"), "--out", str(tmp_path / "o"), "--posthoc", "dsl", "--no-plots"]) == 0
+    )
     got = json.loads((tmp_path / "o" / "metrics.json").read_text())["test/posthoc/dsl/t2v/R@1"]
     assert got == pytest.approx(expect, abs=1e-9)
 
@@ -120,7 +138,9 @@ def test_finding6_undefined_is_nan_null_and_na_with_reason(tmp_path):
     # identity scores: every video is retrieved exactly once at every k -> no hubs, equal N_k
     n = 6
     s = np.eye(n) + np.arange(n)[None, :] * 1e-3
-    save_scores(tmp_path / "s.npz", s, [f"t{i}" for i in range(n)], [f"v{i}" for i in range(n)], gt=np.arange(n))
+    save_scores(
+        tmp_path / "s.npz", s, [f"t{i}" for i in range(n)], [f"v{i}" for i in range(n)], gt=np.arange(n)
+    )
     assert main([str(tmp_path / "s.npz"), "--out", str(tmp_path / "o"), "--no-plots", "--ks", "1"]) == 0
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["test/hub/t2v/k1/skew"] is None and m["test/hub/t2v/k1/bad_rate_hubs"] is None
