@@ -1,6 +1,7 @@
 """All metrics of a score set in two streaming passes over row chunks: ``evaluate`` (flat keys) and ``compute``.
 
-Memory beyond one row chunk is O((Q + G) * k_max) plus the tie-candidate lists:
+Memory beyond one row chunk is O((Q + G) * k_max), tied inputs included (heavy ties switch from candidate lists
+to dense per-chunk weights, and the v2t occurrences then take two more passes):
 
 * pass 1 (per row block [R, G]): t2v (a, b, c) counts and top-k candidates (rows are complete in a block, so t2v
   k-occurrences are final per block); the best relevant score m_j of every video column; a running column top-k_max
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eval.hubness import HUB_KS, boundary_weights, candidates, check_total, hubness_stats, top_values
+from eval.hubness import HUB_KS, boundary_weights, check_total, hubness_stats, top_values
 from eval.retrieval import (
     RECALL_KS,
     clip4clip_from_counts,
@@ -37,6 +38,7 @@ from eval.scores_io import ScoreSet
 logger = logging.getLogger(__name__)
 
 GROUP_MAX_LIMIT = 1 << 26  # largest [G, G] group-max matrix we build (elements)
+_CAND_FACTOR = 4  # more top-k candidates than this many per query/column means heavy ties: use dense weights
 
 
 @dataclass
@@ -192,12 +194,22 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
         a_t[r0:r1], b_t[r0:r1], c_t[r0:r1] = a, b, c
         if kmax_t:
             tv = top_values(s, kmax_t)
-            cq, cg, cv = candidates(s, tv[:, kmax_t - 1])
-            is_rel = (g_c[cq] == cg) if gt is not None else ch.relevance[cq, cg]
-            for k in ks_t:
-                w = boundary_weights(cq, cv, tv[:, k - 1], k)
-                nk_t[k] += np.bincount(cg, weights=w, minlength=n_g)
-                good_t[k] += np.bincount(cg[is_rel], weights=w[is_rel], minlength=n_g)
+            at_least = s >= tv[:, kmax_t - 1][:, None]
+            if int(at_least.sum()) <= _CAND_FACTOR * (r1 - r0) * kmax_t:  # few ties: sparse candidates
+                cq, cg = np.nonzero(at_least)
+                cv = s[cq, cg]
+                is_rel = (g_c[cq] == cg) if gt is not None else ch.relevance[cq, cg]
+                for k in ks_t:
+                    w = boundary_weights(cq, cv, tv[:, k - 1], k)
+                    nk_t[k] += np.bincount(cg, weights=w, minlength=n_g)
+                    good_t[k] += np.bincount(cg[is_rel], weights=w[is_rel], minlength=n_g)
+            else:  # heavy ties at the k-th value: dense per-row weights, memory O(chunk)
+                del at_least
+                rel = None if gt is not None else ch.relevance
+                for k in ks_t:
+                    nk, good = _dense_row_occurrences(s, tv[:, k - 1], k, g_c if gt is not None else None, rel)
+                    nk_t[k] += nk
+                    good_t[k] += good
         col_sum += s.sum(axis=0, dtype=np.float64)
         row_mean[r0:r1] = s.mean(axis=1, dtype=np.float64)
         if kmax_v:
@@ -216,6 +228,7 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
     c_v = np.zeros(n_g, np.int64)
     th = -np.sort(-col_top, axis=0) if kmax_v else None  # [kmax_v, G], descending
     cand_rows, cand_cols, cand_vals, cand_rel = [], [], [], []
+    n_cand, dense_v = 0, False
     for ch in ss.chunks():
         s, r0, r1 = ch.scores, ch.start, ch.stop
         above, tied = s > m2, s == m2
@@ -227,8 +240,13 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
             a_v += (above & ~rel).sum(axis=0)
             b_v += (tied & ~rel).sum(axis=0)
             c_v += (tied & rel).sum(axis=0)
-        if kmax_v:
+        if kmax_v and not dense_v:
             rr, cc = np.nonzero(s >= th[kmax_v - 1])
+            n_cand += len(rr)
+            if n_cand > _CAND_FACTOR * n_g * kmax_v + s.size:  # heavy ties: switch to the dense passes below
+                dense_v = True
+                cand_rows, cand_cols, cand_vals, cand_rel = [], [], [], []
+                continue
             cand_rows.append(rr + r0)
             cand_cols.append(cc)
             cand_vals.append(s[rr, cc])
@@ -238,7 +256,11 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
         b_v = eq_v - c_v
     nk_v: dict[int, np.ndarray] = {}
     good_v: dict[int, np.ndarray] = {}
-    if kmax_v:
+    if kmax_v and dense_v:
+        nk_v, good_v = _dense_col_occurrences(ss, th, ks_v, gt)
+        for k in ks_v:
+            check_total(nk_v[k], k, n_g)
+    elif kmax_v:
         rows_c = np.concatenate(cand_rows)
         cols_c = np.concatenate(cand_cols)
         vals_c = np.concatenate(cand_vals)
@@ -269,6 +291,61 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
         else:
             c4c["v2t"] = clip4clip_from_counts(v2t.a, v2t.b + v2t.c)
     return EvalResult(t2v, v2t, v2t_gm, c4c, n_q, n_g)
+
+
+def _dense_row_occurrences(
+    s: np.ndarray, kth: np.ndarray, k: int, gt_rows: np.ndarray | None, rel: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N_k, GN_k) contributions [G] of the rows of s [R, G] with k-th values kth [R], without listing candidates.
+
+    Row r gives 1 to each column above kth[r] and frac_r = (k - #above) / #tied to each tied column, so
+    N_k = sum_r above[r] + frac @ tied. Memory O(R * G) (one chunk), whatever the number of ties.
+    """
+    above = s > kth[:, None]
+    tied = s == kth[:, None]
+    frac = (k - above.sum(axis=1)) / np.maximum(tied.sum(axis=1), 1)
+    nk = above.sum(axis=0).astype(np.float64) + frac @ tied
+    if gt_rows is not None:
+        sg = s[np.arange(len(gt_rows)), gt_rows]
+        w = np.where(sg > kth, 1.0, np.where(sg == kth, frac, 0.0))
+        good = np.bincount(gt_rows, weights=w, minlength=s.shape[1])
+    else:
+        good = (above & rel).sum(axis=0).astype(np.float64) + frac @ (tied & rel)
+    return nk, good
+
+
+def _dense_col_occurrences(
+    ss: ScoreSet, th: np.ndarray, ks: Sequence[int], gt: np.ndarray | None
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """v2t (N_k, GN_k) of the text rows when the column thresholds th [kmax, G] are heavily tied.
+
+    Two extra streaming passes: count per column the entries above and at th[k-1] (giving each column's
+    fractional tie weight f = (k - #above) / #tied), then N_k(row) = #{cols above} + tied_row @ f. Memory
+    O(G * k) plus one chunk, instead of one candidate per tied entry.
+    """
+    n_q, n_g = ss.shape
+    n_above = {k: np.zeros(n_g, np.int64) for k in ks}
+    n_tied = {k: np.zeros(n_g, np.int64) for k in ks}
+    for ch in ss.chunks():
+        for k in ks:
+            n_above[k] += (ch.scores > th[k - 1]).sum(axis=0)
+            n_tied[k] += (ch.scores == th[k - 1]).sum(axis=0)
+    f = {k: (k - n_above[k]) / np.maximum(n_tied[k], 1) for k in ks}
+    nk = {k: np.zeros(n_q) for k in ks}
+    good = {k: np.zeros(n_q) for k in ks}
+    for ch in ss.chunks():
+        s, r0, r1 = ch.scores, ch.start, ch.stop
+        for k in ks:
+            above, tied = s > th[k - 1], s == th[k - 1]
+            nk[k][r0:r1] = above.sum(axis=1) + tied @ f[k]
+            if gt is not None:
+                g = gt[r0:r1]
+                sg, tg = s[np.arange(r1 - r0), g], th[k - 1][g]
+                good[k][r0:r1] = np.where(sg > tg, 1.0, np.where(sg == tg, f[k][g], 0.0))
+            else:
+                rel = ch.relevance
+                good[k][r0:r1] = (above & rel).sum(axis=1) + (tied & rel) @ f[k]
+    return nk, good
 
 
 def _one_hot_gt(ss: ScoreSet) -> np.ndarray | None:

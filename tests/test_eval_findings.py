@@ -148,3 +148,75 @@ def test_finding6_undefined_is_nan_null_and_na_with_reason(tmp_path):
     row = next(line for line in report.splitlines() if line.startswith("| t2v | 1 |"))
     assert "n/a" in row and " 0.0 |" not in row.split("|")[3]
     assert "there are no hubs (N_k >= 2 mu_k)" in report and "zero variance: skewness is 0/0" in report
+
+
+@pytest.mark.parametrize("form", ["gt", "relevance"])
+def test_finding5_dense_tie_path_equals_candidate_path(monkeypatch, form):
+    import eval.evaluate as ev
+    from eval.hubness import k_occurrence
+
+    rng = np.random.default_rng(5)
+    s = np.round(rng.uniform(size=(30, 24)) * 2) / 2  # 3 levels: ties everywhere
+    s[:, 5] = 1.0  # a column tied at the top of every row
+    gt = rng.integers(0, 24, 30)
+    if form == "gt":
+        ss = ScoreSet.from_arrays(s, gt=gt)
+    else:
+        rel = np.zeros(s.shape, bool)
+        rel[np.arange(30), gt] = True
+        rel[np.arange(0, 30, 3), 7] = True  # some rows with two relevant videos (no gt form exists)
+        ss = ScoreSet.from_arrays(s, relevance=rel)
+    dense = compute(ss, (1, 3, 5)).flat()
+    monkeypatch.setattr(ev, "_CAND_FACTOR", 10**9)  # force the sparse candidate lists
+    sparse = compute(ss, (1, 3, 5)).flat()
+    assert dense.keys() == sparse.keys()
+    for k in dense:
+        assert dense[k] == pytest.approx(sparse[k], rel=1e-12, abs=1e-12, nan_ok=True), k
+    nk, _ = k_occurrence(s.astype(np.float32), 3)  # brute-force reference of the t2v occurrences
+    res = compute(ss, (3,))
+    np.testing.assert_allclose(res.t2v.nk[3], nk, rtol=1e-12)
+    nk_v, _ = k_occurrence(s.astype(np.float32).T, 3)
+    np.testing.assert_allclose(res.v2t.nk[3], nk_v, rtol=1e-12)
+
+
+_TIED_CHILD = """
+import resource, sys, json
+import numpy as np
+from eval.evaluate import compute
+from eval.scores_io import ScoreSet
+n, rows = int(sys.argv[1]), int(sys.argv[2])
+ids = [f"x{i}" for i in range(n)]
+ss = ScoreSet.from_chunks(lambda: (np.zeros((min(rows, n - r), n), np.float32) for r in range(0, n, rows)),
+                          ids, ids, gt=np.arange(n))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+flat = compute(ss, (1, 5, 10, 15)).flat()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"extra_mb": (peak - base) / 1024, "r1": flat["test/t2v/R@1"], "nk": flat["test/hub/v2t/k10/mu"]}))
+"""
+
+
+def test_finding5_fully_tied_matrix_has_bounded_memory():
+    import os
+    import subprocess
+    import sys
+
+    n, rows = 6000, 500  # 36 M tied entries in 12 MB chunks; candidate lists would need > 700 MB
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = subprocess.run([sys.executable, "-c", _TIED_CHILD, str(n), str(rows)], capture_output=True, text=True,
+                         timeout=600, env=env, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["r1"] == pytest.approx(100.0 / n)  # every row ties all n videos: E[hit@1] = 1/n
+    # beyond one chunk (12 MB scores, ~60 MB of masks/temporaries), only O(n k) arrays may grow
+    assert r["extra_mb"] < 250, r
+
+
+def test_clip4clip_run_median_and_mean_equal_listing_the_positions():
+    from eval.retrieval import clip4clip_from_counts
+
+    rng = np.random.default_rng(9)
+    for _ in range(30):
+        a = rng.integers(0, 20, rng.integers(1, 12))
+        n = rng.integers(1, 9, len(a))
+        pos = np.concatenate([np.arange(x, x + m) for x, m in zip(a, n)])
+        got = clip4clip_from_counts(a, n)
+        assert got["MdR"] == float(np.median(pos)) + 1 and got["MnR"] == pytest.approx(pos.mean() + 1, rel=1e-12)
