@@ -27,6 +27,7 @@ from eval.posthoc import METHODS, apply, tune
 from eval.report import (
     comparison_table,
     hubness_table,
+    posthoc_table,
     retrieval_table,
     undefined_notes,
     write_metrics_json,
@@ -97,6 +98,36 @@ def _write_details(out: Path, res: EvalResult, n_top: int = 20) -> None:
     np.savez(out / "ranks.npz", **arrays)
 
 
+def _has(flat: dict[str, float], direction: str) -> bool:
+    """Whether a system's flat metrics cover a direction (post-hoc rows re-rank one direction only)."""
+    return any(key.endswith(f"/{direction}/R@1") for key in flat)
+
+
+def _plots(out: Path, systems: list[tuple[str, dict[str, float], EvalResult]]) -> list[str]:
+    """Overlaid k-occurrence distributions (t2v: videos, v2t: texts) of every system at k = 10 and 15 (linear and
+    log y), the t2v rank CDF and Lorenz curves with Gini / Robin Hood per direction. Returns the PNG paths."""
+    pngs: list[str] = []
+    for dname, item in (("t2v", "videos"), ("v2t", "texts")):
+        for k in (10, 15):
+            sys_k = {n: (getattr(r, dname).nk[k], getattr(r, dname).good.get(k)) for n, f, r in systems
+                     if k in getattr(r, dname).nk and _has(f, dname)}
+            if sys_k:
+                pngs.append(str(plots.k_occurrence_overlay(
+                    sys_k, k, out / f"kocc_{dname}_k{k}.png",
+                    f"{dname}: k-occurrence of the {item}, k = {k}", item=item)))
+    ranks = {n: r.t2v.a + 1 + r.t2v.b / (r.t2v.c + 1) for n, _, r in systems}
+    pngs.append(str(plots.rank_cdf(ranks, out / "rank_cdf_t2v.png", "t2v: rank of the relevant video")))
+    for dname in ("t2v", "v2t"):
+        base = getattr(systems[0][2], dname)
+        k_l = 10 if 10 in base.nk else max(base.nk, default=None)
+        if k_l is not None:
+            nks = {n: getattr(r, dname).nk[k_l] for n, f, r in systems
+                   if k_l in getattr(r, dname).nk and _has(f, dname)}
+            pngs.append(str(plots.lorenz(nks, out / f"lorenz_{dname}_k{k_l}.png",
+                                         f"{dname}: Lorenz curve of N_{k_l}")))
+    return pngs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -159,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             test = paired_test(*hits, seed=args.seed)
             metrics[f"{pre}/posthoc/{m}/t2v/dR@1"] = test["delta"]
             metrics[f"{pre}/posthoc/{m}/t2v/dR@1_p"] = test["p_value"]
+            metrics[f"{pre}/posthoc/{m}/t2v/dR@1_ci_lo"] = test["ci_lo"]
+            metrics[f"{pre}/posthoc/{m}/t2v/dR@1_ci_hi"] = test["ci_hi"]
+            metrics[f"{pre}/posthoc/{m}/transductive"] = float(spec.transductive)
             systems.append((f"{names[0]}+{m}", flat, r))
 
     # ---- other systems
@@ -191,20 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     table = comparison_table([f for _, f, _ in systems], [n for n, _, _ in systems], pre) if len(systems) > 1 \
         else None
 
-    pngs: list[str] = []
-    if not args.no_plots:
-        for k in (15, 10):
-            if k in res.t2v.nk:
-                pngs.append(str(plots.k_occurrence_hist(
-                    res.t2v.nk[k], res.t2v.good[k], k, out / f"kocc_t2v_k{k}.png",
-                    f"{names[0]}: t2v k-occurrence of videos, k={k}")))
-        ranks = {n: r.t2v.a + 1 + r.t2v.b / (r.t2v.c + 1) for n, _, r in systems}
-        pngs.append(str(plots.rank_cdf(ranks, out / "rank_cdf_t2v.png", "t2v rank CDF")))
-        k_l = 10 if 10 in res.t2v.nk else max(res.t2v.nk, default=None)
-        if k_l is not None:
-            pngs.append(str(plots.lorenz({n: r.t2v.nk[k_l] for n, _, r in systems if k_l in r.t2v.nk},
-                                         out / f"lorenz_t2v_k{k_l}.png", f"Lorenz curve of N_{k_l} (t2v)")))
-    write_report(out, metrics, pre, comparison=table, notes=notes, plots=pngs)
+    pngs = [] if args.no_plots else _plots(out, systems)
+    write_report(out, metrics, pre, comparison=table, notes=notes, plots=pngs, posthoc=posthoc_table(metrics, pre))
 
     lines = [retrieval_table(metrics, pre), "", hubness_table(metrics, pre)]
     if table:

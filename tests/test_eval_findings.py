@@ -202,8 +202,14 @@ def test_finding5_fully_tied_matrix_has_bounded_memory():
 
     n, rows = 6000, 500  # 36 M tied entries in 12 MB chunks; candidate lists would need > 700 MB
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    out = subprocess.run([sys.executable, "-c", _TIED_CHILD, str(n), str(rows)], capture_output=True, text=True,
-                         timeout=600, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _TIED_CHILD, str(n), str(rows)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=True,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["r1"] == pytest.approx(100.0 / n)  # every row ties all n videos: E[hit@1] = 1/n
     # beyond one chunk (12 MB scores, ~60 MB of masks/temporaries), only O(n k) arrays may grow
@@ -219,4 +225,64 @@ def test_clip4clip_run_median_and_mean_equal_listing_the_positions():
         n = rng.integers(1, 9, len(a))
         pos = np.concatenate([np.arange(x, x + m) for x, m in zip(a, n)])
         got = clip4clip_from_counts(a, n)
-        assert got["MdR"] == float(np.median(pos)) + 1 and got["MnR"] == pytest.approx(pos.mean() + 1, rel=1e-12)
+        assert got["MdR"] == float(np.median(pos)) + 1 and got["MnR"] == pytest.approx(
+            pos.mean() + 1, rel=1e-12
+        )
+
+
+def test_finding7_pictures_and_posthoc_rows_in_report(tmp_path):
+    from eval.plots import occurrence_bins
+
+    # adaptive bins: integer bins for small N_k, at most 40 bins for N_k in the hundreds
+    e = occurrence_bins([np.array([0.0, 3.0, 7.0])])
+    assert e[0] == -0.5 and e[-1] == 7.5 and len(e) == 9
+    e = occurrence_bins([np.array([0.0, 350.0]), np.array([5.0, 10.0])])
+    assert len(e) == 41 and e[-1] >= 350.0
+    rng = np.random.default_rng(0)
+    n = 120
+    s = rng.normal(size=(n, n)) * 0.2 + np.eye(n) * 0.5
+    s[:, :3] += 0.6  # three planted hubs
+    ids_t, ids_v = [f"t{i}" for i in range(n)], [f"v{i}" for i in range(n)]
+    save_scores(tmp_path / "a.npz", s, ids_t, ids_v, gt=np.arange(n))
+    save_scores(tmp_path / "b.npz", s - 0.6 * (np.arange(n) < 3)[None, :], ids_t, ids_v, gt=np.arange(n))
+    bank = rng.normal(size=(60, n)) * 0.2
+    bank[:, :3] += 0.6
+    np.savez(tmp_path / "bank.npz", scores=bank.astype(np.float32), gallery_ids=np.array(ids_v))
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                str(tmp_path / "a.npz"),
+                "--compare",
+                str(tmp_path / "b.npz"),
+                "--names",
+                "InfoNCE",
+                "NeighborRetr",
+                "--bank-scores",
+                str(tmp_path / "bank.npz"),
+                "--posthoc",
+                "qbnorm,dsl",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    data = json.loads((out / "kocc_t2v_k10.json").read_text())
+    assert set(data["systems"]) == {"InfoNCE", "NeighborRetr", "InfoNCE+qbnorm", "InfoNCE+dsl"}
+    assert data["systems"]["InfoNCE"]["max"] > 3 * data["systems"]["NeighborRetr"]["max"]  # the hubs show
+    assert (out / "kocc_v2t_k10.png").stat().st_size > 1000
+    v2t = json.loads((out / "kocc_v2t_k10.json").read_text())
+    assert set(v2t["systems"]) == {"InfoNCE", "NeighborRetr"}  # post-hoc rows re-rank t2v only
+    lor = json.loads((out / "lorenz_t2v_k10.json").read_text())
+    assert lor["InfoNCE"]["gini"] > lor["NeighborRetr"]["gini"]
+    report = (out / "report.md").read_text()
+    m = json.loads((out / "metrics.json").read_text())
+    row = next(line for line in report.splitlines() if line.startswith("| dsl | t2v |"))
+    assert f"{m['test/posthoc/dsl/t2v/dR@1']:+.2f}" in row and "| yes |" in row
+    assert (
+        f"{m['test/posthoc/dsl/t2v/dR@1_ci_lo']:+.2f} .. {m['test/posthoc/dsl/t2v/dR@1_ci_hi']:+.2f}" in row
+    )
+    assert (
+        next(line for line in report.splitlines() if line.startswith("| qbnorm | t2v |")).count("| no |") == 1
+    )
