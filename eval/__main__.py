@@ -7,7 +7,8 @@ Writes ``DIR/metrics.json`` (flat keys of SCORES, plus ``test/posthoc/<method>/.
 ``test/compare/<name>/...`` paired tests), ``DIR/comparison.json`` (flat metrics of every system), ``DIR/report.md``,
 ``DIR/hubs.json`` (top-20 hubs), ``DIR/ranks.npz`` (per-query tie counts and ranks) and PNG plots with JSON data, and prints the table. Post-hoc hyperparameters are tuned on ``--val-scores`` (with
 ``--val-bank-scores`` for bank methods), never on the test scores; without them the defaults are used and the
-report says so. Post-hoc methods re-rank the t2v direction only.
+report says so. Post-hoc methods re-rank t2v (text bank: --bank-scores) and v2t (video bank against the texts: --v2t-bank-scores;
+DSL needs none).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from eval import plots
 from eval.evaluate import Direction, EvalResult, compute
 from eval.hubness import top_hubs
-from eval.posthoc import METHODS, apply, tune
+from eval.posthoc import METHODS, apply, tune, v2t_view
 from eval.report import (
     comparison_table,
     hubness_table,
@@ -46,6 +47,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-scores", help="validation scores (tuning post-hoc hyperparameters)")
     p.add_argument("--bank-scores", help="npz: query-bank scores [n_bank, G] against the test gallery")
     p.add_argument("--val-bank-scores", help="npz: query-bank scores against the validation gallery")
+    p.add_argument("--v2t-bank-scores", help="npz: video-bank scores [n_bank, Q] against the test texts (v2t)")
+    p.add_argument("--val-v2t-bank-scores", help="npz: video-bank scores against the validation texts")
     p.add_argument("--posthoc", default="", help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--compare", nargs="+", default=[], help="other scores files to compare on the same queries")
     p.add_argument("--names", nargs="+", help="names for SCORES and each --compare file")
@@ -96,6 +99,38 @@ def _write_details(out: Path, res: EvalResult, n_top: int = 20) -> None:
         arrays[f"{d.name}_rank"] = d.a + 1 + d.b / (d.c + 1)
     (out / "hubs.json").write_text(json.dumps(hubs, indent=1))
     np.savez(out / "ranks.npz", **arrays)
+
+
+def _posthoc_v2t(m: str, args: argparse.Namespace, main_ss: ScoreSet, val: ScoreSet | None, res: EvalResult,
+                 metrics: dict[str, float], notes: list[str], ks: tuple[int, ...]) -> None:
+    """Re-rank the v2t direction with method m (video queries, text gallery; bank methods need a video bank
+    against the texts, ``--v2t-bank-scores``), tuned on the validation v2t problem; adds ``posthoc/m/v2t/*``."""
+    spec, pre = METHODS[m], args.prefix
+    vt = v2t_view(main_ss)
+    bank = load_bank(args.v2t_bank_scores, vt.gallery_ids) if args.v2t_bank_scores else None
+    if spec.needs_bank and bank is None:
+        notes.append(f"{spec.label}: v2t not re-ranked (no --v2t-bank-scores video bank).")
+        return
+    val_bank = None
+    if val is not None and args.val_v2t_bank_scores:
+        val_bank = load_bank(args.val_v2t_bank_scores, val.query_ids)
+    if val is not None and (val_bank is not None or not spec.needs_bank):
+        params, _ = tune(m, v2t_view(val), val_bank)
+        notes.append(f"{spec.label} v2t: {params} tuned on {args.val_scores} (val v2t R@1).")
+    else:
+        params = dict(spec.defaults)
+        notes.append(f"{spec.label} v2t: untuned defaults {params}.")
+    new = apply(m, vt.scores, bank, **params)
+    r = compute(ScoreSet.from_arrays(new, vt.query_ids, vt.gallery_ids, relevance=vt.relevance), ks).t2v
+    for key, v in r.retrieval().items():
+        metrics[f"{pre}/posthoc/{m}/v2t/{key}"] = v
+    for key, v in params.items():
+        metrics[f"{pre}/posthoc/{m}/param_v2t/{key}"] = float(v)
+    hits = _aligned_hits(r, res.v2t)
+    if hits is not None:
+        test = paired_test(*hits, seed=args.seed)
+        for key, name in (("delta", "dR@1"), ("p_value", "dR@1_p"), ("ci_lo", "dR@1_ci_lo"), ("ci_hi", "dR@1_ci_hi")):
+            metrics[f"{pre}/posthoc/{m}/v2t/{name}"] = test[key]
 
 
 def _has(flat: dict[str, float], direction: str) -> bool:
@@ -194,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
             metrics[f"{pre}/posthoc/{m}/t2v/dR@1_ci_hi"] = test["ci_hi"]
             metrics[f"{pre}/posthoc/{m}/transductive"] = float(spec.transductive)
             systems.append((f"{names[0]}+{m}", flat, r))
+            try:
+                _posthoc_v2t(m, args, main_ss, val, res, metrics, notes, ks)
+            except ValueError as exc:
+                _err(str(exc))
+                return 2
 
     # ---- other systems
     for name, path in zip(names[1:], args.compare):

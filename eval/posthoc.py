@@ -197,6 +197,20 @@ def apply(method: str, scores: np.ndarray, bank: np.ndarray | None = None, **par
     return m.fn(scores, **kw)
 
 
+def v2t_view(ss: ScoreSet) -> ScoreSet:
+    """The v2t problem as a t2v-shaped score set: rows = videos with at least one caption, columns = texts,
+    scores S^T, relevance transposed (several relevant captions per video allowed). Dense: materialises S."""
+    s = ss.scores
+    if ss.gt is not None:
+        rel = np.zeros(s.shape, dtype=bool)
+        rel[np.arange(s.shape[0]), ss.gt] = True
+    else:
+        rel = np.asarray(ss.relevance, dtype=bool)
+    keep = rel.any(axis=0)
+    return ScoreSet.from_arrays(s.T[keep], ss.gallery_ids[keep], ss.query_ids, relevance=rel.T[keep],
+                                source=f"{ss.source} (v2t)")
+
+
 def mean_r1(scores: np.ndarray, gt: np.ndarray | None = None, relevance: np.ndarray | None = None) -> float:
     """Tie-aware expected t2v R@1 (fraction 0..1) of a dense matrix."""
     a, b, c = tie_counts(scores, gt=gt, relevance=relevance)

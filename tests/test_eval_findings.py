@@ -286,3 +286,70 @@ def test_finding7_pictures_and_posthoc_rows_in_report(tmp_path):
     assert (
         next(line for line in report.splitlines() if line.startswith("| qbnorm | t2v |")).count("| no |") == 1
     )
+
+
+def test_posthoc_v2t_direction_with_a_video_bank(tmp_path):
+    from eval.posthoc import apply, qb_norm, v2t_view
+
+    rng = np.random.default_rng(2)
+    n_v, n_cap = 40, 3
+    gt = np.repeat(np.arange(n_v), n_cap)
+    s = rng.normal(size=(n_v * n_cap, n_v)) * 0.2
+    s[np.arange(len(gt)), gt] += 0.4
+    s[:7] += 0.5  # texts 0..6 are v2t hubs
+    ids_t, ids_v = [f"t{i}" for i in range(len(gt))], [f"v{i}" for i in range(n_v)]
+    save_scores(tmp_path / "a.npz", s, ids_t, ids_v, gt=gt)
+    vbank = rng.normal(size=(80, len(gt))) * 0.2
+    vbank[:, :7] += 0.5
+    np.savez(tmp_path / "vb.npz", scores=vbank.astype(np.float32), gallery_ids=np.array(ids_t))
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                str(tmp_path / "a.npz"),
+                "--posthoc",
+                "qbnorm,dsl",
+                "--v2t-bank-scores",
+                str(tmp_path / "vb.npz"),
+                "--out",
+                str(out),
+                "--no-plots",
+                "--bank-scores",
+                str(tmp_path / "vb.npz"),
+            ]
+        )
+        == 2
+    )  # wrong bank
+    np.savez(
+        tmp_path / "tb.npz", scores=rng.normal(size=(50, n_v)).astype(np.float32), gallery_ids=np.array(ids_v)
+    )
+    assert (
+        main(
+            [
+                str(tmp_path / "a.npz"),
+                "--posthoc",
+                "qbnorm,dsl",
+                "--v2t-bank-scores",
+                str(tmp_path / "vb.npz"),
+                "--bank-scores",
+                str(tmp_path / "tb.npz"),
+                "--out",
+                str(out),
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    vt = v2t_view(ScoreSet.from_arrays(s.astype(np.float32), ids_t, ids_v, gt=gt))
+    rel = vt.relevance
+    assert m["test/posthoc/dsl/v2t/R@1"] == pytest.approx(
+        100 * mean_r1(apply("dsl", vt.scores), relevance=rel)
+    )
+    qb = qb_norm(vt.scores, vbank.astype(np.float32), beta=20.0, k=1)
+    assert m["test/posthoc/qbnorm/v2t/R@1"] == pytest.approx(100 * mean_r1(qb, relevance=rel))
+    assert m["test/posthoc/qbnorm/v2t/dR@1"] == pytest.approx(
+        m["test/posthoc/qbnorm/v2t/R@1"] - m["test/v2t/R@1"]
+    )
+    report = (out / "report.md").read_text()
+    assert "| qbnorm | v2t |" in report and "| dsl | v2t |" in report
