@@ -7,7 +7,8 @@ Writes ``DIR/metrics.json`` (flat keys of SCORES, plus ``test/posthoc/<method>/.
 ``test/compare/<name>/...`` paired tests), ``DIR/comparison.json`` (flat metrics of every system), ``DIR/report.md``,
 ``DIR/hubs.json`` (top-20 hubs), ``DIR/ranks.npz`` (per-query tie counts and ranks) and PNG plots with JSON data, and prints the table. Post-hoc hyperparameters are tuned on ``--val-scores`` (with
 ``--val-bank-scores`` for bank methods), never on the test scores; without them the defaults are used and the
-report says so. Post-hoc methods re-rank the t2v direction only.
+report says so. Post-hoc methods re-rank t2v (text bank: --bank-scores) and v2t (video bank against the texts: --v2t-bank-scores;
+DSL needs none).
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ import numpy as np
 from eval import plots
 from eval.evaluate import Direction, EvalResult, compute
 from eval.hubness import top_hubs
-from eval.posthoc import METHODS, apply, tune
-from eval.report import comparison_table, hubness_table, retrieval_table, write_metrics_json, write_report
+from eval.posthoc import METHODS, apply, tune, v2t_view
+from eval.report import (
+    comparison_table,
+    hubness_table,
+    posthoc_table,
+    retrieval_table,
+    undefined_notes,
+    write_metrics_json,
+    write_report,
+)
 from eval.scores_io import ScoreSet, load_bank, load_scores
 from eval.stats import paired_test
 
@@ -38,6 +47,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-scores", help="validation scores (tuning post-hoc hyperparameters)")
     p.add_argument("--bank-scores", help="npz: query-bank scores [n_bank, G] against the test gallery")
     p.add_argument("--val-bank-scores", help="npz: query-bank scores against the validation gallery")
+    p.add_argument("--v2t-bank-scores", help="npz: video-bank scores [n_bank, Q] against the test texts (v2t)")
+    p.add_argument("--val-v2t-bank-scores", help="npz: video-bank scores against the validation texts")
     p.add_argument("--posthoc", default="", help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--compare", nargs="+", default=[], help="other scores files to compare on the same queries")
     p.add_argument("--names", nargs="+", help="names for SCORES and each --compare file")
@@ -93,6 +104,68 @@ def _write_details(out: Path, res: EvalResult, n_top: int = 20) -> None:
     np.savez(out / "ranks.npz", **arrays)
 
 
+def _posthoc_v2t(m: str, args: argparse.Namespace, main_ss: ScoreSet, val: ScoreSet | None, res: EvalResult,
+                 metrics: dict[str, float], notes: list[str], ks: tuple[int, ...]) -> None:
+    """Re-rank the v2t direction with method m (video queries, text gallery; bank methods need a video bank
+    against the texts, ``--v2t-bank-scores``), tuned on the validation v2t problem; adds ``posthoc/m/v2t/*``."""
+    spec, pre = METHODS[m], args.prefix
+    vt = v2t_view(main_ss)
+    bank = load_bank(args.v2t_bank_scores, vt.gallery_ids) if args.v2t_bank_scores else None
+    if spec.needs_bank and bank is None:
+        notes.append(f"{spec.label}: v2t not re-ranked (no --v2t-bank-scores video bank).")
+        return
+    val_bank = None
+    if val is not None and args.val_v2t_bank_scores:
+        val_bank = load_bank(args.val_v2t_bank_scores, val.query_ids)
+    if val is not None and (val_bank is not None or not spec.needs_bank):
+        params, _ = tune(m, v2t_view(val), val_bank)
+        notes.append(f"{spec.label} v2t: {params} tuned on {args.val_scores} (val v2t R@1).")
+    else:
+        params = dict(spec.defaults)
+        notes.append(f"{spec.label} v2t: untuned defaults {params}.")
+    new = apply(m, vt.scores, bank, **params)
+    r = compute(ScoreSet.from_arrays(new, vt.query_ids, vt.gallery_ids, relevance=vt.relevance), ks).t2v
+    for key, v in r.retrieval().items():
+        metrics[f"{pre}/posthoc/{m}/v2t/{key}"] = v
+    for key, v in params.items():
+        metrics[f"{pre}/posthoc/{m}/param_v2t/{key}"] = float(v)
+    hits = _aligned_hits(r, res.v2t)
+    if hits is not None:
+        test = paired_test(*hits, seed=args.seed)
+        for key, name in (("delta", "dR@1"), ("p_value", "dR@1_p"), ("ci_lo", "dR@1_ci_lo"), ("ci_hi", "dR@1_ci_hi")):
+            metrics[f"{pre}/posthoc/{m}/v2t/{name}"] = test[key]
+
+
+def _has(flat: dict[str, float], direction: str) -> bool:
+    """Whether a system's flat metrics cover a direction (post-hoc rows re-rank one direction only)."""
+    return any(key.endswith(f"/{direction}/R@1") for key in flat)
+
+
+def _plots(out: Path, systems: list[tuple[str, dict[str, float], EvalResult]]) -> list[str]:
+    """Overlaid k-occurrence distributions (t2v: videos, v2t: texts) of every system at k = 10 and 15 (linear and
+    log y), the t2v rank CDF and Lorenz curves with Gini / Robin Hood per direction. Returns the PNG paths."""
+    pngs: list[str] = []
+    for dname, item in (("t2v", "videos"), ("v2t", "texts")):
+        for k in (10, 15):
+            sys_k = {n: (getattr(r, dname).nk[k], getattr(r, dname).good.get(k)) for n, f, r in systems
+                     if k in getattr(r, dname).nk and _has(f, dname)}
+            if sys_k:
+                pngs.append(str(plots.k_occurrence_overlay(
+                    sys_k, k, out / f"kocc_{dname}_k{k}.png",
+                    f"{dname}: k-occurrence of the {item}, k = {k}", item=item)))
+    ranks = {n: r.t2v.a + 1 + r.t2v.b / (r.t2v.c + 1) for n, _, r in systems}
+    pngs.append(str(plots.rank_cdf(ranks, out / "rank_cdf_t2v.png", "t2v: rank of the relevant video")))
+    for dname in ("t2v", "v2t"):
+        base = getattr(systems[0][2], dname)
+        k_l = 10 if 10 in base.nk else max(base.nk, default=None)
+        if k_l is not None:
+            nks = {n: getattr(r, dname).nk[k_l] for n, f, r in systems
+                   if k_l in getattr(r, dname).nk and _has(f, dname)}
+            pngs.append(str(plots.lorenz(nks, out / f"lorenz_{dname}_k{k_l}.png",
+                                         f"{dname}: Lorenz curve of N_{k_l}")))
+    return pngs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -117,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     res = compute(main_ss, ks)
     metrics = res.flat(pre, ci=True, seed=args.seed)
     systems: list[tuple[str, dict[str, float], EvalResult]] = [(names[0], metrics, res)]
-    dup = int(res.t2v.b.astype(bool).sum())
-    if dup:
-        notes.append(f"{dup} t2v queries tie with their ground truth (duplicate captions/items?).")
+    notes.extend(res.notes())
 
     # ---- post-hoc baselines (t2v)
     if methods:
@@ -144,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{spec.label}: untuned defaults {params} (no validation split given).")
             if spec.transductive:
                 notes.append(f"{spec.label} is transductive: it uses all test queries at once.")
-            new = apply(m, scores, bank, **params).astype(np.float32)
+            new = apply(m, scores, bank, **params)  # float64: a float32 cast zeroes DSL entries (ties)
             ss = ScoreSet.from_arrays(new, main_ss.query_ids, main_ss.gallery_ids, gt=main_ss.gt,
                                       relevance=main_ss.relevance, source=f"{args.scores}+{m}")
             r = compute(ss, ks)
@@ -157,7 +228,15 @@ def main(argv: list[str] | None = None) -> int:
             test = paired_test(*hits, seed=args.seed)
             metrics[f"{pre}/posthoc/{m}/t2v/dR@1"] = test["delta"]
             metrics[f"{pre}/posthoc/{m}/t2v/dR@1_p"] = test["p_value"]
+            metrics[f"{pre}/posthoc/{m}/t2v/dR@1_ci_lo"] = test["ci_lo"]
+            metrics[f"{pre}/posthoc/{m}/t2v/dR@1_ci_hi"] = test["ci_hi"]
+            metrics[f"{pre}/posthoc/{m}/transductive"] = float(spec.transductive)
             systems.append((f"{names[0]}+{m}", flat, r))
+            try:
+                _posthoc_v2t(m, args, main_ss, val, res, metrics, notes, ks)
+            except ValueError as exc:
+                _err(str(exc))
+                return 2
 
     # ---- other systems
     for name, path in zip(names[1:], args.compare):
@@ -182,26 +261,15 @@ def main(argv: list[str] | None = None) -> int:
                          f"(95% CI {0.0 - test['ci_hi']:+.2f}..{0.0 - test['ci_lo']:+.2f}, "
                          f"p = {test['p_value']:.4f}).")
 
+    notes.extend(undefined_notes(metrics))
     write_metrics_json(metrics, out / "metrics.json")
     _write_details(out, res)
     (out / "comparison.json").write_text(json.dumps({n: f for n, f, _ in systems}, indent=1, sort_keys=True))
     table = comparison_table([f for _, f, _ in systems], [n for n, _, _ in systems], pre) if len(systems) > 1 \
         else None
 
-    pngs: list[str] = []
-    if not args.no_plots:
-        for k in (15, 10):
-            if k in res.t2v.nk:
-                pngs.append(str(plots.k_occurrence_hist(
-                    res.t2v.nk[k], res.t2v.good[k], k, out / f"kocc_t2v_k{k}.png",
-                    f"{names[0]}: t2v k-occurrence of videos, k={k}")))
-        ranks = {n: r.t2v.a + 1 + r.t2v.b / (r.t2v.c + 1) for n, _, r in systems}
-        pngs.append(str(plots.rank_cdf(ranks, out / "rank_cdf_t2v.png", "t2v rank CDF")))
-        k_l = 10 if 10 in res.t2v.nk else max(res.t2v.nk, default=None)
-        if k_l is not None:
-            pngs.append(str(plots.lorenz({n: r.t2v.nk[k_l] for n, _, r in systems if k_l in r.t2v.nk},
-                                         out / f"lorenz_t2v_k{k_l}.png", f"Lorenz curve of N_{k_l} (t2v)")))
-    write_report(out, metrics, pre, comparison=table, notes=notes, plots=pngs)
+    pngs = [] if args.no_plots else _plots(out, systems)
+    write_report(out, metrics, pre, comparison=table, notes=notes, plots=pngs, posthoc=posthoc_table(metrics, pre))
 
     lines = [retrieval_table(metrics, pre), "", hubness_table(metrics, pre)]
     if table:

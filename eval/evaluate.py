@@ -1,6 +1,7 @@
 """All metrics of a score set in two streaming passes over row chunks: ``evaluate`` (flat keys) and ``compute``.
 
-Memory beyond one row chunk is O((Q + G) * k_max) plus the tie-candidate lists:
+Memory beyond one row chunk is O((Q + G) * k_max), tied inputs included (heavy ties switch from candidate lists
+to dense per-chunk weights, and the v2t occurrences then take two more passes):
 
 * pass 1 (per row block [R, G]): t2v (a, b, c) counts and top-k candidates (rows are complete in a block, so t2v
   k-occurrences are final per block); the best relevant score m_j of every video column; a running column top-k_max
@@ -23,13 +24,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eval.hubness import HUB_KS, boundary_weights, candidates, check_total, hubness_stats, top_values
-from eval.retrieval import RECALL_KS, clip4clip_from_counts, expected_hits, retrieval_metrics, tie_counts
+from eval.hubness import HUB_KS, boundary_weights, check_total, hubness_stats, top_values
+from eval.retrieval import (
+    RECALL_KS,
+    clip4clip_from_counts,
+    clip4clip_from_positions,
+    expected_hits,
+    retrieval_metrics,
+    tie_counts,
+)
 from eval.scores_io import ScoreSet
 
 logger = logging.getLogger(__name__)
 
 GROUP_MAX_LIMIT = 1 << 26  # largest [G, G] group-max matrix we build (elements)
+_CAND_FACTOR = 4  # more top-k candidates than this many per query/column means heavy ties: use dense weights
 
 
 @dataclass
@@ -68,6 +77,21 @@ class EvalResult:
     clip4clip: dict[str, dict[str, float]]
     n_queries: int
     n_gallery: int
+
+    def notes(self) -> list[str]:
+        """Warnings a reader must see: tied ground truths in either direction, videos without a caption."""
+        out = []
+        dup_t = int((self.t2v.b > 0).sum())
+        if dup_t:
+            out.append(f"{dup_t} t2v queries tie with their ground truth (duplicate captions/items?).")
+        dup_v = int((self.v2t.b > 0).sum())
+        if dup_v:
+            out.append(f"{dup_v} v2t queries tie with their ground truth (duplicate captions or videos?).")
+        n_empty = self.n_gallery - len(self.v2t.a)
+        if n_empty:
+            out.append(f"{n_empty} of {self.n_gallery} videos have no relevant caption: they are no v2t queries "
+                       f"(v2t uses {len(self.v2t.a)} queries).")
+        return out
 
     def directions(self) -> list[Direction]:
         return [d for d in (self.t2v, self.v2t, self.v2t_groupmax) if d is not None]
@@ -124,7 +148,8 @@ def _valid_ks(ks: Sequence[int], n: int, what: str) -> list[int]:
 def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
     """Run both passes over ``ss.chunks()`` and return per-query counts and per-item occurrences."""
     n_q, n_g = ss.shape
-    gt = ss.gt
+    gt = ss.gt if ss.gt is not None else _one_hot_gt(ss)
+    dt = np.float64 if ss.is_dense and ss.scores.dtype == np.float64 else np.float32
     ks_t = _valid_ks(ks, n_g, "t2v")
     ks_v = _valid_ks(ks, n_q, "v2t")
     kmax_t, kmax_v = (max(ks_t) if ks_t else 0), (max(ks_v) if ks_v else 0)
@@ -136,14 +161,15 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
     good_t = {k: np.zeros(n_g) for k in ks_t}
     col_sum = np.zeros(n_g)
     row_mean = np.zeros(n_q)
-    m_col = np.full(n_g, -np.inf, np.float32)
-    s_gt = np.zeros(n_q, np.float32) if gt is not None else None
-    col_top = np.full((kmax_v, n_g), -np.inf, np.float32) if kmax_v else None
+    m_col = np.full(n_g, -np.inf, dt)
+    s_gt = np.zeros(n_q, dt) if gt is not None else None
+    pos_t = np.zeros(n_q, np.int64)  # CLIP4Clip argsort position of the GT (multi-sentence branch)
+    col_top = np.full((kmax_v, n_g), -np.inf, dt) if kmax_v else None
     multi_caption = gt is not None and np.bincount(gt, minlength=n_g).max() > 1
     gmax = None
     if multi_caption:
         if n_g * n_g <= GROUP_MAX_LIMIT:
-            gmax = np.full((n_g, n_g), -np.inf, np.float32)
+            gmax = np.full((n_g, n_g), -np.inf, dt)
         else:
             logger.warning("group-max v2t skipped: %d x %d group matrix too large", n_g, n_g)
 
@@ -155,6 +181,9 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
             g_c = gt[r0:r1]
             a, b, c = tie_counts(s, gt=g_c)
             s_gt[r0:r1] = s[rows, g_c]
+            if multi_caption:
+                before = (s == s_gt[r0:r1, None]) & (np.arange(n_g)[None, :] < g_c[:, None])
+                pos_t[r0:r1] = a + before.sum(axis=1)
             np.maximum.at(m_col, g_c, s_gt[r0:r1])
             if gmax is not None:
                 _group_max_into(gmax, s, g_c)
@@ -165,12 +194,22 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
         a_t[r0:r1], b_t[r0:r1], c_t[r0:r1] = a, b, c
         if kmax_t:
             tv = top_values(s, kmax_t)
-            cq, cg, cv = candidates(s, tv[:, kmax_t - 1])
-            is_rel = (g_c[cq] == cg) if gt is not None else ch.relevance[cq, cg]
-            for k in ks_t:
-                w = boundary_weights(cq, cv, tv[:, k - 1], k)
-                nk_t[k] += np.bincount(cg, weights=w, minlength=n_g)
-                good_t[k] += np.bincount(cg[is_rel], weights=w[is_rel], minlength=n_g)
+            at_least = s >= tv[:, kmax_t - 1][:, None]
+            if int(at_least.sum()) <= _CAND_FACTOR * (r1 - r0) * kmax_t:  # few ties: sparse candidates
+                cq, cg = np.nonzero(at_least)
+                cv = s[cq, cg]
+                is_rel = (g_c[cq] == cg) if gt is not None else ch.relevance[cq, cg]
+                for k in ks_t:
+                    w = boundary_weights(cq, cv, tv[:, k - 1], k)
+                    nk_t[k] += np.bincount(cg, weights=w, minlength=n_g)
+                    good_t[k] += np.bincount(cg[is_rel], weights=w[is_rel], minlength=n_g)
+            else:  # heavy ties at the k-th value: dense per-row weights, memory O(chunk)
+                del at_least
+                rel = None if gt is not None else ch.relevance
+                for k in ks_t:
+                    nk, good = _dense_row_occurrences(s, tv[:, k - 1], k, g_c if gt is not None else None, rel)
+                    nk_t[k] += nk
+                    good_t[k] += good
         col_sum += s.sum(axis=0, dtype=np.float64)
         row_mean[r0:r1] = s.mean(axis=1, dtype=np.float64)
         if kmax_v:
@@ -182,13 +221,14 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
 
     # ---------------------------------------------------------------- pass 2 (v2t)
     has_rel = np.isfinite(m_col)
-    m2 = np.where(has_rel, m_col, np.inf).astype(np.float32)
+    m2 = np.where(has_rel, m_col, np.inf).astype(dt)
     a_v = np.zeros(n_g, np.int64)
     eq_v = np.zeros(n_g, np.int64)
     b_v = np.zeros(n_g, np.int64)
     c_v = np.zeros(n_g, np.int64)
     th = -np.sort(-col_top, axis=0) if kmax_v else None  # [kmax_v, G], descending
     cand_rows, cand_cols, cand_vals, cand_rel = [], [], [], []
+    n_cand, dense_v = 0, False
     for ch in ss.chunks():
         s, r0, r1 = ch.scores, ch.start, ch.stop
         above, tied = s > m2, s == m2
@@ -200,8 +240,13 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
             a_v += (above & ~rel).sum(axis=0)
             b_v += (tied & ~rel).sum(axis=0)
             c_v += (tied & rel).sum(axis=0)
-        if kmax_v:
+        if kmax_v and not dense_v:
             rr, cc = np.nonzero(s >= th[kmax_v - 1])
+            n_cand += len(rr)
+            if n_cand > _CAND_FACTOR * n_g * kmax_v + s.size:  # heavy ties: switch to the dense passes below
+                dense_v = True
+                cand_rows, cand_cols, cand_vals, cand_rel = [], [], [], []
+                continue
             cand_rows.append(rr + r0)
             cand_cols.append(cc)
             cand_vals.append(s[rr, cc])
@@ -211,7 +256,11 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
         b_v = eq_v - c_v
     nk_v: dict[int, np.ndarray] = {}
     good_v: dict[int, np.ndarray] = {}
-    if kmax_v:
+    if kmax_v and dense_v:
+        nk_v, good_v = _dense_col_occurrences(ss, th, ks_v, gt)
+        for k in ks_v:
+            check_total(nk_v[k], k, n_g)
+    elif kmax_v:
         rows_c = np.concatenate(cand_rows)
         cols_c = np.concatenate(cand_cols)
         vals_c = np.concatenate(cand_vals)
@@ -230,7 +279,8 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
     c4c: dict[str, dict[str, float]] = {}
     v2t_gm = None
     if gt is not None:
-        c4c["t2v"] = clip4clip_from_counts(a_t, b_t + 1)
+        # single caption per video: compute_metrics (tie-denominator); several: the argsort multi-sentence branch
+        c4c["t2v"] = clip4clip_from_positions(pos_t) if multi_caption else clip4clip_from_counts(a_t, b_t + 1)
         if gmax is not None:
             nonempty = np.flatnonzero(np.bincount(gt, minlength=n_g) > 0)
             m = gmax[np.ix_(nonempty, nonempty)].T  # rows: video queries, cols: caption groups
@@ -241,6 +291,78 @@ def compute(ss: ScoreSet, ks: Sequence[int] = HUB_KS) -> EvalResult:
         else:
             c4c["v2t"] = clip4clip_from_counts(v2t.a, v2t.b + v2t.c)
     return EvalResult(t2v, v2t, v2t_gm, c4c, n_q, n_g)
+
+
+def _dense_row_occurrences(
+    s: np.ndarray, kth: np.ndarray, k: int, gt_rows: np.ndarray | None, rel: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N_k, GN_k) contributions [G] of the rows of s [R, G] with k-th values kth [R], without listing candidates.
+
+    Row r gives 1 to each column above kth[r] and frac_r = (k - #above) / #tied to each tied column, so
+    N_k = sum_r above[r] + frac @ tied. Memory O(R * G) (one chunk), whatever the number of ties.
+    """
+    above = s > kth[:, None]
+    tied = s == kth[:, None]
+    frac = (k - above.sum(axis=1)) / np.maximum(tied.sum(axis=1), 1)
+    nk = above.sum(axis=0).astype(np.float64) + frac @ tied
+    if gt_rows is not None:
+        sg = s[np.arange(len(gt_rows)), gt_rows]
+        w = np.where(sg > kth, 1.0, np.where(sg == kth, frac, 0.0))
+        good = np.bincount(gt_rows, weights=w, minlength=s.shape[1])
+    else:
+        good = (above & rel).sum(axis=0).astype(np.float64) + frac @ (tied & rel)
+    return nk, good
+
+
+def _dense_col_occurrences(
+    ss: ScoreSet, th: np.ndarray, ks: Sequence[int], gt: np.ndarray | None
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """v2t (N_k, GN_k) of the text rows when the column thresholds th [kmax, G] are heavily tied.
+
+    Two extra streaming passes: count per column the entries above and at th[k-1] (giving each column's
+    fractional tie weight f = (k - #above) / #tied), then N_k(row) = #{cols above} + tied_row @ f. Memory
+    O(G * k) plus one chunk, instead of one candidate per tied entry.
+    """
+    n_q, n_g = ss.shape
+    n_above = {k: np.zeros(n_g, np.int64) for k in ks}
+    n_tied = {k: np.zeros(n_g, np.int64) for k in ks}
+    for ch in ss.chunks():
+        for k in ks:
+            n_above[k] += (ch.scores > th[k - 1]).sum(axis=0)
+            n_tied[k] += (ch.scores == th[k - 1]).sum(axis=0)
+    f = {k: (k - n_above[k]) / np.maximum(n_tied[k], 1) for k in ks}
+    nk = {k: np.zeros(n_q) for k in ks}
+    good = {k: np.zeros(n_q) for k in ks}
+    for ch in ss.chunks():
+        s, r0, r1 = ch.scores, ch.start, ch.stop
+        for k in ks:
+            above, tied = s > th[k - 1], s == th[k - 1]
+            nk[k][r0:r1] = above.sum(axis=1) + tied @ f[k]
+            if gt is not None:
+                g = gt[r0:r1]
+                sg, tg = s[np.arange(r1 - r0), g], th[k - 1][g]
+                good[k][r0:r1] = np.where(sg > tg, 1.0, np.where(sg == tg, f[k][g], 0.0))
+            else:
+                rel = ch.relevance
+                good[k][r0:r1] = (above & rel).sum(axis=1) + (tied & rel) @ f[k]
+    return nk, good
+
+
+def _one_hot_gt(ss: ScoreSet) -> np.ndarray | None:
+    """The ``gt`` form of relevance that has exactly one relevant column per row (what ``training.score`` writes
+    for multi-caption splits), so both forms give the same keys (group-max v2t, CLIP4Clip); else None."""
+    if not ss.has_relevance:
+        return None
+    parts = []
+    if ss.relevance is not None:
+        rels = [ss.relevance]
+    else:
+        rels = (ch.relevance for ch in ss.chunks())
+    for rel in rels:
+        if not (rel.sum(axis=1) == 1).all():
+            return None
+        parts.append(np.argmax(rel, axis=1))
+    return np.concatenate(parts).astype(np.int64)
 
 
 def _group_max_into(gmax: np.ndarray, s: np.ndarray, groups: np.ndarray) -> None:

@@ -16,8 +16,12 @@ Summary measures of the vector x = N_k over the gallery (n = n_g, S = sum x):
     hubs_rad    = {g : N_k(g) > mu_k + 2 sigma_k}         (Radovanovic)
     antihub     = |{g : N_k(g) = 0}| / n_g
     max_hub     = max N_k / (k n_q);   groupie = max N_k / n_q
-    bad_rate_hubs = sum_{hubs} BN_k / sum_{hubs} N_k   (0 when there are no hubs; see ``hubs``)
+    bad_rate_hubs = sum_{hubs} BN_k / sum_{hubs} N_k
     spearman_centrality = Spearman rho(N_k, centrality), centrality = mean score of g to all queries.
+
+Undefined values are NaN (``null`` in metrics.json, ``n/a`` in tables), never 0: skewness when every N_k is
+equal (0 / 0), Spearman when N_k or the centrality is constant, ``bad_rate_hubs`` when there are no hubs.
+``UNDEFINED_REASONS`` gives the reason the report prints.
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ from scipy import stats as sstats
 logger = logging.getLogger(__name__)
 
 HUB_KS: tuple[int, ...] = (1, 5, 10, 15)
+
+UNDEFINED_REASONS: dict[str, str] = {
+    "skew": "every item has the same N_k (zero variance: skewness is 0/0)",
+    "skew_adj": "every item has the same N_k (zero variance: skewness is 0/0)",
+    "bad_rate_hubs": "there are no hubs (N_k >= 2 mu_k), so no share of bad hub occurrences",
+    "spearman_centrality": "N_k or the centrality is constant (rank correlation undefined)",
+}
 
 
 def top_values(scores: np.ndarray, kmax: int) -> np.ndarray:
@@ -135,8 +146,8 @@ def hubness_stats(
     if var > 1e-12 * max(1.0, mu * mu):
         out["skew"] = float(sstats.skew(x, bias=True))
         out["skew_adj"] = float(sstats.skew(x, bias=False)) if n_g > 2 else out["skew"]
-    else:  # every item occurs equally often: no hubness
-        out["skew"] = out["skew_adj"] = 0.0
+    else:  # every item occurs equally often: the moments ratio is 0/0
+        out["skew"] = out["skew_adj"] = float("nan")
     out["robin_hood"] = float(0.5 * np.abs(x - mu).sum() / total)
     out["gini"] = gini(x)
     e = atkinson_eps
@@ -154,13 +165,13 @@ def hubness_stats(
         gn = np.asarray(good, dtype=np.float64)
         out["good_share"] = float(gn.sum() / total)
         hub_occ = x[hubs].sum()
-        out["bad_rate_hubs"] = float((x[hubs] - gn[hubs]).sum() / hub_occ) if hub_occ > 0 else 0.0
+        out["bad_rate_hubs"] = float((x[hubs] - gn[hubs]).sum() / hub_occ) if hub_occ > 0 else float("nan")
     if centrality is not None:
         cen = np.asarray(centrality, dtype=np.float64)
         if np.ptp(x) > 0 and np.ptp(cen) > 0:
             out["spearman_centrality"] = float(sstats.spearmanr(x, cen).statistic)
         else:
-            out["spearman_centrality"] = 0.0
+            out["spearman_centrality"] = float("nan")
     return out
 
 

@@ -11,6 +11,11 @@ taken in the log domain (logsumexp), so logits with a large beta cannot overflow
                                r_G(q) = mean of q's top-K test-gallery scores (K = 10)
     NNN                       S'_qg = s_qg - alpha * mean of g's top-k bank scores
     DSL    (dual softmax)      S'_qg = s_qg * n_q * softmax_q(s_qg / T)  -- TRANSDUCTIVE: uses all test queries
+    DBNorm (dual bank Sinkhorn) K = exp(M / tau) on M = [B | B_gb] (query-bank rows; columns = the test gallery
+                               followed by an optional gallery bank, B_gb = query bank x gallery bank scores);
+                               Sinkhorn scaling u, v makes diag(u) K diag(v) have uniform row marginals 1/n_b and
+                               uniform column marginals 1/(G + n_gb); S'_qg = s_qg / tau + log v_g (the test-gallery
+                               part of v): rank-equivalent to S - phi(g) with phi = -tau log v. Inductive (banks only).
 
 Every method re-ranks one direction only (t2v with a text bank). Hyperparameters must be chosen on a validation
 split with :func:`tune`, never on the test matrix.
@@ -109,6 +114,43 @@ def dual_softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return s * prior * s.shape[0]
 
 
+def dbnorm(
+    scores: np.ndarray,
+    bank: np.ndarray,
+    tau: float = 0.05,
+    iters: int = 50,
+    gallery_bank: np.ndarray | None = None,
+) -> np.ndarray:
+    """Dual Bank Sinkhorn Normalization. [Q, G] float64; inputs are not modified.
+
+    Args:
+        scores: S [Q, G] test scores. bank: B [n_b, G] query-bank scores against the test gallery.
+        tau: entropic temperature. iters: Sinkhorn iterations (log domain: f <- -logsumexp_j(M/tau + g) + log r,
+            g <- -logsumexp_i(M/tau + f) + log c, with r = 1/n_b, c = 1/n_cols).
+        gallery_bank: optional [n_b, n_gb] scores of the same bank queries against a gallery bank (e.g. training
+            videos): extra columns that share the mass, so the test gallery is not forced to absorb it all.
+    Returns:
+        S / tau + g[:G], g the column log-potentials.
+    """
+    s, b = _check(scores, bank, "dbnorm")
+    if tau <= 0 or iters < 1:
+        raise ValueError(f"dbnorm: tau must be > 0 and iters >= 1, got tau={tau}, iters={iters}")
+    m = b
+    if gallery_bank is not None:
+        gb = np.asarray(gallery_bank, dtype=np.float64)
+        if gb.ndim != 2 or gb.shape[0] != b.shape[0] or not np.isfinite(gb).all():
+            raise ValueError(f"dbnorm: gallery_bank must be a finite [{b.shape[0]}, n_gb] matrix, got {gb.shape}")
+        m = np.concatenate([b, gb], axis=1)
+    z = m / tau
+    log_r, log_c = -np.log(z.shape[0]), -np.log(z.shape[1])
+    f = np.zeros(z.shape[0])
+    g = np.zeros(z.shape[1])
+    for _ in range(int(iters)):
+        f = log_r - logsumexp(z + g[None, :], axis=1)
+        g = log_c - logsumexp(z + f[:, None], axis=0)
+    return s / tau + g[None, : s.shape[1]]
+
+
 @dataclass(frozen=True)
 class Method:
     """A post-hoc method: its function, whether it needs a bank, default parameters, transductive flag."""
@@ -126,6 +168,7 @@ METHODS: dict[str, Method] = {
     "csls": Method(csls, True, {"k": 10}, label="CSLS"),
     "nnn": Method(nnn, True, {"alpha": 0.75, "k": 128}, label="NNN"),
     "dsl": Method(dual_softmax, False, {"temperature": 1.0}, transductive=True, label="DSL (transductive)"),
+    "dbnorm": Method(dbnorm, True, {"tau": 0.05, "iters": 50}, label="DBNorm (dual bank Sinkhorn)"),
 }
 
 DEFAULT_GRIDS: dict[str, dict[str, list]] = {
@@ -134,6 +177,7 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "csls": {"k": [5, 10, 20]},
     "nnn": {"alpha": [0.25, 0.5, 0.75, 1.0], "k": [8, 16, 64, 128]},
     "dsl": {"temperature": [0.01, 0.1, 1.0]},
+    "dbnorm": {"tau": [0.01, 0.02, 0.05, 0.1], "iters": [50]},
 }
 
 
@@ -151,6 +195,20 @@ def apply(method: str, scores: np.ndarray, bank: np.ndarray | None = None, **par
             raise ValueError(f"{method}: needs a query bank (--bank-scores)")
         return m.fn(scores, bank, **kw)
     return m.fn(scores, **kw)
+
+
+def v2t_view(ss: ScoreSet) -> ScoreSet:
+    """The v2t problem as a t2v-shaped score set: rows = videos with at least one caption, columns = texts,
+    scores S^T, relevance transposed (several relevant captions per video allowed). Dense: materialises S."""
+    s = ss.scores
+    if ss.gt is not None:
+        rel = np.zeros(s.shape, dtype=bool)
+        rel[np.arange(s.shape[0]), ss.gt] = True
+    else:
+        rel = np.asarray(ss.relevance, dtype=bool)
+    keep = rel.any(axis=0)
+    return ScoreSet.from_arrays(s.T[keep], ss.gallery_ids[keep], ss.query_ids, relevance=rel.T[keep],
+                                source=f"{ss.source} (v2t)")
 
 
 def mean_r1(scores: np.ndarray, gt: np.ndarray | None = None, relevance: np.ndarray | None = None) -> float:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from eval.evaluate import evaluate
 
-__all__ = ["comparison_table", "evaluate", "hubness_table", "retrieval_table", "write_metrics_json", "write_report"]
+__all__ = ["comparison_table", "evaluate", "hubness_table", "posthoc_table", "retrieval_table", "undefined_notes",
+           "write_metrics_json", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,22 @@ def _clean(v: float) -> float | None:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def undefined_notes(metrics: Mapping[str, float]) -> list[str]:
+    """One note per undefined (NaN) metric name, naming the keys and the reason (``n/a`` in the tables)."""
+    from eval.hubness import UNDEFINED_REASONS
+
+    by_name: dict[str, list[str]] = {}
+    for key, v in sorted(metrics.items()):
+        if isinstance(v, float) and math.isnan(v):
+            by_name.setdefault(key.rsplit("/", 1)[-1], []).append(key)
+    out = []
+    for name, keys in by_name.items():
+        reason = UNDEFINED_REASONS.get(name, "undefined for this input")
+        shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+        out.append(f"n/a = undefined: {shown}: {reason}.")
+    return out
+
+
 def write_metrics_json(metrics: Mapping[str, float], path: str | os.PathLike) -> Path:
     """Write flat metrics as sorted JSON (non-finite values become null); atomic rename."""
     path = Path(path)
@@ -46,7 +63,7 @@ def _fmt(v: float | None, key: str = "") -> str:
     if v is None:
         return "-"
     if isinstance(v, float) and not math.isfinite(v):
-        return "nan"
+        return "n/a"
     if key.split("/")[-1].startswith(("R@", "Rsum")) or "/R@" in key:
         return f"{v:.2f}"
     if abs(v) >= 100 or float(v).is_integer():
@@ -81,6 +98,28 @@ def hubness_table(metrics: Mapping[str, float], prefix: str = "test") -> str:
     return "\n".join(lines)
 
 
+def posthoc_table(metrics: Mapping[str, float], prefix: str = "test") -> str | None:
+    """Markdown: one row per post-hoc method and direction with R@1, dR@1 vs the raw scores, its 95 % paired
+    bootstrap CI and p-value, the chosen parameters and whether the method is transductive; None without rows."""
+    methods = sorted({key.split("/")[2] for key in metrics if key.startswith(f"{prefix}/posthoc/")})
+    lines = ["| method | direction | R@1 | dR@1 | 95% CI | p | transductive | params |", "|" + "---|" * 8]
+    for m in methods:
+        base = f"{prefix}/posthoc/{m}"
+        params = ", ".join(f"{key.rsplit('/', 1)[-1]}={_fmt(v)}" for key, v in sorted(metrics.items())
+                           if key.startswith(f"{base}/param/"))
+        trans = "yes" if metrics.get(f"{base}/transductive") else "no"
+        for d in ("t2v", "v2t"):
+            if f"{base}/{d}/dR@1" not in metrics:
+                continue
+            lo, hi = metrics.get(f"{base}/{d}/dR@1_ci_lo"), metrics.get(f"{base}/{d}/dR@1_ci_hi")
+            ci = f"{lo:+.2f} .. {hi:+.2f}" if lo is not None and hi is not None else "-"
+            p = metrics.get(f"{base}/{d}/dR@1_p")
+            lines.append(f"| {m} | {d} | {_fmt(metrics.get(f'{base}/{d}/R@1'), 'R@1')} | "
+                         f"{metrics[f'{base}/{d}/dR@1']:+.2f} | {ci} | {'-' if p is None else f'{p:.4f}'} | "
+                         f"{trans} | {params} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
 def comparison_table(
     results: Sequence[Mapping[str, float]],
     names: Sequence[str],
@@ -109,6 +148,7 @@ def write_report(
     comparison: str | None = None,
     notes: Sequence[str] = (),
     plots: Sequence[str] = (),
+    posthoc: str | None = None,
 ) -> Path:
     """Write ``report.md`` with the retrieval and hubness tables, an optional comparison table, notes, plots."""
     out = Path(out_dir)
@@ -128,6 +168,8 @@ def write_report(
         hubness_table(metrics, prefix),
         "",
     ]
+    if posthoc:
+        parts += ["## Post-hoc hubness reduction (vs the raw scores, paired over the same queries)", "", posthoc, ""]
     if comparison:
         parts += ["## Comparison", "", comparison, ""]
     if notes:

@@ -128,11 +128,42 @@ def clip4clip_from_counts(
     out: dict[str, float] = {}
     for k in ks:
         out[f"R@{k}"] = 100.0 * float(np.clip(k - a, 0, n).sum()) / total
-    pos = np.repeat(a, n) + (np.arange(total) - np.repeat(np.cumsum(n) - n, n))
-    out["MdR"] = float(np.median(pos)) + 1.0
-    out["MnR"] = float(pos.mean()) + 1.0
+    # the positions are the integer runs a_i .. a_i + n_i - 1; their median and mean follow without listing them
+    # (a fully tied Q x G matrix has Q * G positions): k-th smallest by bisection on count(pos <= x)
+    mid = [_run_order_stat(a, n, (total - 1) // 2), _run_order_stat(a, n, total // 2)]
+    out["MdR"] = 0.5 * (mid[0] + mid[1]) + 1.0
+    out["MnR"] = float((a * n + n * (n - 1) / 2).sum()) / total + 1.0
     out["n_positions"] = float(total)
     return out
+
+
+def clip4clip_from_positions(pos: np.ndarray, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """CLIP4Clip's multi-sentence t2v metrics (``tensor_text_to_video_metrics``) from 0-based argsort positions.
+
+    That branch sorts each caption's row with argsort (descending) and takes the position of the ground-truth video;
+    ties therefore fall in index order (a stable sort), not into a tie denominator. pos int [Q] is the number of
+    columns sorted before the GT: a + #{j not GT : s_qj = s_q,gt and j < gt}. R@K = 100 * mean(pos < K),
+    MdR = median(pos) + 1, MnR = mean(pos) + 1.
+    """
+    p = np.asarray(pos, dtype=np.int64)
+    out = {f"R@{k}": 100.0 * float((p < k).mean()) for k in ks}
+    out["MdR"] = float(np.median(p)) + 1.0
+    out["MnR"] = float(p.mean()) + 1.0
+    out["n_positions"] = float(p.size)
+    return out
+
+
+def _run_order_stat(a: np.ndarray, n: np.ndarray, idx: int) -> float:
+    """The idx-th smallest (0-based) of the multiset union of runs {a_i, ..., a_i + n_i - 1}: the least integer x
+    with sum_i clip(x - a_i + 1, 0, n_i) > idx. O(Q log(max run end))."""
+    lo, hi = int(a.min()), int((a + n).max())
+    while lo < hi:
+        x = (lo + hi) // 2
+        if int(np.clip(x - a + 1, 0, n).sum()) > idx:
+            hi = x
+        else:
+            lo = x + 1
+    return float(lo)
 
 
 def clip4clip_metrics(

@@ -199,7 +199,7 @@ def _check_scores(s: np.ndarray, name: str, n_cols: int | None = None) -> np.nda
         raise ValueError(f"{name}: scores must be floating point, got dtype {s.dtype}")
     if s.dtype == np.float16:
         logger.warning("%s: float16 scores create many ties; converting to float32", name)
-    if s.dtype != np.float32:
+    if s.dtype not in (np.float32, np.float64):  # float64 stays float64: post-hoc outputs need its range
         s = s.astype(np.float32)
     finite = np.isfinite(s)
     if not finite.all():
@@ -271,7 +271,7 @@ def save_scores(
     """
     path = Path(path)
     ss = ScoreSet.from_arrays(scores, query_ids, gallery_ids, gt=gt, relevance=relevance, source=str(path))
-    arrays = {"scores": ss._dense, "query_ids": ss.query_ids.astype(str), "gallery_ids": ss.gallery_ids.astype(str)}
+    arrays = {"scores": ss._dense.astype(np.float32, copy=False), "query_ids": ss.query_ids.astype(str), "gallery_ids": ss.gallery_ids.astype(str)}
     if ss.gt is not None:
         arrays["gt"] = ss.gt
     else:

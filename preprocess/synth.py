@@ -14,6 +14,17 @@ Captions are compositional: ``"a red circle moves left on a black background"``.
 combinations of train enumerate every combination (so all are seen in training, when ``num_train >= 288``; the
 rest are drawn at random); val and test each use distinct combinations, so captions are unique within each.
 Start position, size and speed vary per video. Everything is drawn from ``numpy.random.default_rng(seed)``.
+
+``--mode hard`` makes a hubness-prone variant for method comparisons (any split size, e.g. a 1,000-video test):
+
+- long-tailed concept frequencies: each split draws its attribute combinations with Zipf weights
+  p(rank r) ~ 1 / r^s (s = :data:`HARD_ZIPF`) over one seeded ordering of the 288 combinations, so a few
+  combinations are frequent (their captions are shared by many videos) and most are rare;
+- near-duplicate videos: with probability :data:`HARD_DUP_RATE` a clip repeats the previous clip of its split with
+  the same attributes and a geometry jittered by at most 1 px (and 2 % speed);
+- generic and specific captions per clip: every clip has its specific caption and one generic one that names only
+  part of it (``"a circle moves left"`` or ``"something red on a black background"``), written as a second
+  annotation row for the same video (the reader makes one item with both captions).
 """
 
 from __future__ import annotations
@@ -48,6 +59,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (0, 0, 0), "white": (250, 250, 250), "gray": (128, 128, 128)}
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPLITS = ("train", "val", "test")
+MODES = ("easy", "hard")
+HARD_ZIPF = 1.1  # Zipf exponent of the combination frequencies (hard mode)
+HARD_DUP_RATE = 0.15  # share of near-duplicate clips (hard mode)
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,16 @@ class ClipSpec:
     y0: float
     speed: float
     radius: float
+    generic: int = -1  # hard mode: which generic caption template (0 or 1); -1: none
+
+    @property
+    def generic_caption(self) -> str | None:
+        """The clip's generic caption (hard mode), naming only the shape and direction or the colour and background."""
+        if self.generic < 0:
+            return None
+        if self.generic == 0:
+            return f"a {self.shape} moves {self.direction}"
+        return f"something {self.color} on a {self.background} background"
 
     @property
     def caption(self) -> str:
@@ -76,9 +100,13 @@ def _combos() -> list[tuple[str, str, str, str]]:
 
 
 def make_specs(
-    num_train: int, num_val: int, num_test: int, *, seconds: float, size: int, seed: int = 0
+    num_train: int, num_val: int, num_test: int, *, seconds: float, size: int, seed: int = 0, mode: str = "easy"
 ) -> list[ClipSpec]:
-    """Deterministic clip specs for all splits (train, then val, then test)."""
+    """Deterministic clip specs for all splits (train, then val, then test); ``mode`` "easy" or "hard"."""
+    if mode not in MODES:
+        raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+    if mode == "hard":
+        return _hard_specs(num_train, num_val, num_test, seconds=seconds, size=size, seed=seed)
     combos = _combos()
     for name, n in (("val", num_val), ("test", num_test)):
         if n > len(combos):
@@ -91,25 +119,56 @@ def make_specs(
     chosen += [("train", c) for c in train]
     for split, n in (("val", num_val), ("test", num_test)):
         chosen += [(split, combos[i]) for i in rng.permutation(len(combos))[:n]]
-    specs = []
-    for idx, (split, (shape, color, bg, direction)) in enumerate(chosen):
-        radius = float(rng.uniform(0.12, 0.18) * size)
-        travel = float(rng.uniform(0.35, 0.55) * size)  # pixels over the clip
-        dx, dy = DIRECTIONS[direction]
-        margin = radius + 1
-        # the along-axis start leaves room for the travel; the cross-axis position is free within the frame
-        along = float(rng.uniform(margin, size - margin - travel))
-        across = float(rng.uniform(margin, size - margin))
-        if dx:
-            x0 = along if dx > 0 else size - along
-            y0 = across
-        else:
-            y0 = along if dy > 0 else size - along
-            x0 = across
-        specs.append(
-            ClipSpec(f"synth{idx:05d}", split, shape, color, bg, direction, x0, y0, travel / seconds, radius)
-        )
+    return [_geometry(rng, idx, split, combo, seconds, size) for idx, (split, combo) in enumerate(chosen)]
+
+
+def _hard_specs(num_train: int, num_val: int, num_test: int, *, seconds: float, size: int, seed: int) -> list[ClipSpec]:
+    """Hard-mode specs: Zipf-weighted combinations, near-duplicate clips, a generic caption per clip."""
+    combos = _combos()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(combos))
+    weights = 1.0 / np.arange(1, len(combos) + 1) ** HARD_ZIPF
+    weights /= weights.sum()
+    specs: list[ClipSpec] = []
+    for split, n in (("train", num_train), ("val", num_val), ("test", num_test)):
+        prev: ClipSpec | None = None
+        for _ in range(n):
+            idx = len(specs)
+            generic = int(rng.integers(0, 2))
+            if prev is not None and rng.uniform() < HARD_DUP_RATE:
+                jx, jy = rng.uniform(-1.0, 1.0, 2)
+                spec = ClipSpec(f"synth{idx:05d}", split, prev.shape, prev.color, prev.background, prev.direction,
+                                prev.x0 + float(jx), prev.y0 + float(jy), prev.speed * float(rng.uniform(0.98, 1.02)),
+                                prev.radius, generic)
+            else:
+                combo = combos[order[rng.choice(len(combos), p=weights)]]
+                spec = _geometry(rng, idx, split, combo, seconds, size, generic)
+            specs.append(spec)
+            prev = spec
     return specs
+
+
+def _geometry(
+    rng: np.random.Generator, idx: int, split: str, combo: tuple[str, str, str, str], seconds: float, size: int,
+    generic: int = -1,
+) -> ClipSpec:
+    """One clip of the given attributes with random radius, travel and a start that keeps it inside the frame."""
+    shape, color, bg, direction = combo
+    radius = float(rng.uniform(0.12, 0.18) * size)
+    travel = float(rng.uniform(0.35, 0.55) * size)  # pixels over the clip
+    dx, dy = DIRECTIONS[direction]
+    margin = radius + 1
+    # the along-axis start leaves room for the travel; the cross-axis position is free within the frame
+    along = float(rng.uniform(margin, size - margin - travel))
+    across = float(rng.uniform(margin, size - margin))
+    if dx:
+        x0 = along if dx > 0 else size - along
+        y0 = across
+    else:
+        y0 = along if dy > 0 else size - along
+        x0 = across
+    return ClipSpec(f"synth{idx:05d}", split, shape, color, bg, direction, x0, y0, travel / seconds, radius,
+                    generic)
 
 
 def render(spec: ClipSpec, *, seconds: float, fps: int, size: int) -> np.ndarray:
@@ -175,13 +234,14 @@ def generate(
     size: int = 112,
     seed: int = 0,
     workers: int = 2,
+    mode: str = "easy",
 ) -> list[ClipSpec]:
     """Write the dataset under ``out_dir``; return the specs (annotation rows in the same order)."""
     if size < 16 or size % 2:
         raise ValueError(f"--size must be an even number >= 16 (yuv420p), got {size}")
     if seconds <= 0 or fps < 1:
         raise ValueError(f"--seconds must be > 0 and --fps >= 1, got {seconds}, {fps}")
-    specs = make_specs(num_train, num_val, num_test, seconds=seconds, size=size, seed=seed)
+    specs = make_specs(num_train, num_val, num_test, seconds=seconds, size=size, seed=seed, mode=mode)
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     jobs = [(s, out_dir, seconds, fps, size) for s in specs]
     if workers > 1:
@@ -194,15 +254,18 @@ def generate(
     rows = []
     for s in specs:
         d = asdict(s)
-        rows.append(
-            {
-                "video_path": f"videos/{s.video_id}.mp4",
-                "caption": s.caption,
-                "split": s.split,
-                "video_id": s.video_id,
-                **{k: d[k] for k in ("shape", "color", "background", "direction")},
-            }
-        )
+        for caption in (s.caption, s.generic_caption):
+            if caption is None:
+                continue
+            rows.append(
+                {
+                    "video_path": f"videos/{s.video_id}.mp4",
+                    "caption": caption,
+                    "split": s.split,
+                    "video_id": s.video_id,
+                    **{k: d[k] for k in ("shape", "color", "background", "direction")},
+                }
+            )
     tmp = os.path.join(out_dir, "annotations.jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
@@ -225,12 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     import nrconfig  # here, not at import time: shard readers never load the config machinery
 
     nrconfig.add_version(p)
+    p.add_argument("--mode", choices=MODES, default="easy", help="hard: long-tailed, near-duplicates, 2 captions")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     t0 = time.perf_counter()
     specs = generate(
         a.out, num_train=a.num_train, num_val=a.num_val, num_test=a.num_test, seconds=a.seconds, fps=a.fps,
-        size=a.size, seed=a.seed, workers=a.workers,
+        size=a.size, seed=a.seed, workers=a.workers, mode=a.mode,
     )
     counts = {s: sum(1 for x in specs if x.split == s) for s in SPLITS}
     print(  # noqa: T201

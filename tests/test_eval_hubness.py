@@ -160,7 +160,8 @@ def test_hand_computed_hubness_values():
 
 def test_uniform_occurrences_have_no_hubness():
     st_ = hubness_stats(np.full(10, 3.0), 3, 10)
-    assert st_["skew"] == 0.0 and st_["robin_hood"] == 0.0 and st_["gini"] == 0.0 and st_["hubs"] == 0.0
+    assert st_["robin_hood"] == 0.0 and st_["gini"] == 0.0 and st_["hubs"] == 0.0
+    assert np.isnan(st_["skew"]) and np.isnan(st_["skew_adj"])  # 0/0: undefined, not "no skew"
 
 
 def test_sum_identity_is_checked():

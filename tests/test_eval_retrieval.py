@@ -210,7 +210,7 @@ def test_chunked_equals_dense(tmp_path):
     chunked = evaluate(load_scores(tmp_path / "chunks"), ks=(1, 5, 10))
     assert chunked.keys() == dense.keys()
     for k in dense:
-        assert chunked[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9), k
+        assert chunked[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9, nan_ok=True), k
     # callable source producing chunks on the fly, with odd chunk sizes
     def factory():
         for a, b in ((0, 1), (1, 100), (100, 230)):
@@ -218,7 +218,7 @@ def test_chunked_equals_dense(tmp_path):
 
     lazy = evaluate(ScoreSet.from_chunks(factory, qids, gids, gt=gt), ks=(1, 5, 10))
     for k in dense:
-        assert lazy[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9), k
+        assert lazy[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9, nan_ok=True), k
 
 
 def test_chunked_relevance_and_embeddings(tmp_path):
@@ -234,8 +234,8 @@ def test_chunked_relevance_and_embeddings(tmp_path):
     save_score_chunks(tmp_path / "ch", qe @ ge.T, qids, gids, relevance=rel, rows_per_chunk=7)
     ch = evaluate(load_scores(tmp_path / "ch"), ks=(1, 5))
     for k in dense:
-        assert emb[k] == pytest.approx(dense[k], rel=1e-5, abs=1e-6), k
-        assert ch[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9), k
+        assert emb[k] == pytest.approx(dense[k], rel=1e-5, abs=1e-6, nan_ok=True), k
+        assert ch[k] == pytest.approx(dense[k], rel=1e-9, abs=1e-9, nan_ok=True), k
 
 
 def test_save_load_round_trip(tmp_path):

@@ -508,3 +508,29 @@ def test_identical_clips_give_a_finite_neighbor_loss():
     assert torch.isfinite(loss) and torch.isfinite(sim.grad).all()
     # with equal logits the restricted softmax over self + 2 neighbours is uniform: -log(1/3) for every term
     assert loss.item() == pytest.approx(math.log(3), abs=1e-6)
+
+
+def test_neighbor_loss_k_equal_b_minus_1_is_finite_like_the_official_code():
+    # k = B - 1: the complement region is empty. The official finfo.max sentinels give S^ = C^ = 0, so pi is
+    # uniform (1/k) over the B-1 neighbours and l_i = -1/2 [log P_ii + 1/k sum_{j != i} log P_ij], P over the row.
+    b = 5
+    sim, zv, zt = rand(b, b, seed=11), rand(b, seed=12), rand(b, seed=13)
+
+    def direction(s):
+        logp = s - torch.logsumexp(s, dim=1, keepdim=True)
+        eye = torch.eye(b, dtype=torch.bool)
+        return (-0.5 * (logp.diagonal() + logp.masked_fill(eye, 0.0).sum(1) / (b - 1))).mean()
+
+    got = neighbor_loss(sim, zv, zt, k=b - 1, tau=3.0)
+    assert torch.isfinite(got)
+    assert got.item() == pytest.approx(0.5 * (direction(sim) + direction(sim.T)).item(), rel=1e-12)
+    # float32 (where finfo.max overflow used to turn the row into NaN) gives the same finite value
+    got32 = neighbor_loss(sim.float(), zv.float(), zt.float(), k=b - 1, tau=3.0)
+    assert got32.item() == pytest.approx(got.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("k, msg", [(0, r"k=0 must be in \[1, B-1\] = \[1, 5\]"), (6, r"k=6 must be in \[1, B-1\]"),
+                                    (2.0, "must be an int"), (True, "must be an int")])
+def test_neighbor_loss_rejects_invalid_k_in_direct_calls(k, msg):
+    with pytest.raises(ValueError, match=msg):
+        neighbor_loss(rand(6, 6), rand(6), rand(6), k=k)

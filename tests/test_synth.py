@@ -79,3 +79,44 @@ def test_generate_writes_real_h264_and_jsonl(tmp_path):
     items = load_items("jsonl", "val", os.path.join(out, "annotations.jsonl"), out)
     assert [it.captions[0] for it in items] == [r["caption"] for r in rows if r["split"] == "val"]
     assert all(os.path.isfile(it.source) for it in items)
+
+
+def test_hard_mode_is_long_tailed_with_near_duplicates_and_two_captions():
+    from collections import Counter
+
+    from preprocess.synth import HARD_DUP_RATE
+
+    specs = make_specs(300, 100, 1000, seconds=2, size=64, seed=3, mode="hard")
+    test = [s for s in specs if s.split == "test"]
+    assert len(test) == 1000 and len(specs) == 1400  # beyond the 288 distinct combinations
+    assert specs == make_specs(300, 100, 1000, seconds=2, size=64, seed=3, mode="hard")  # deterministic
+    freq = sorted(Counter((s.shape, s.color, s.background, s.direction) for s in test).values(), reverse=True)
+    assert freq[0] >= 10 * np.median(freq)  # long tail: the head combination is far above the typical one
+    dups = sum(1 for a, b in zip(test, test[1:]) if (a.shape, a.color, a.background, a.direction)
+               == (b.shape, b.color, b.background, b.direction) and abs(a.x0 - b.x0) <= 1 and abs(a.y0 - b.y0) <= 1)
+    assert 0.5 * HARD_DUP_RATE * 999 <= dups <= 2 * HARD_DUP_RATE * 999
+    generic = Counter(s.generic_caption for s in test)
+    assert all(s.generic_caption and s.generic_caption != s.caption for s in test)
+    assert max(generic.values()) > 30  # a generic caption matches many clips
+    s = test[0]
+    assert s.generic_caption in (f"a {s.shape} moves {s.direction}",
+                                 f"something {s.color} on a {s.background} background")
+    # easy mode is unchanged (no generic captions) and a bad mode is a clear error
+    assert all(x.generic_caption is None for x in make_specs(6, 2, 2, seconds=1, size=64, seed=0))
+    import pytest
+
+    with pytest.raises(ValueError, match="--mode must be one of"):
+        make_specs(6, 2, 2, seconds=1, size=64, mode="medium")
+
+
+def test_hard_mode_writes_both_captions_as_one_item(tmp_path):
+    from preprocess.annotations import load_items
+
+    out = str(tmp_path / "hard")
+    assert main(["--out", out, "--num-train", "3", "--num-val", "1", "--num-test", "2", "--seconds", "1",
+                 "--fps", "4", "--size", "32", "--workers", "1", "--mode", "hard"]) == 0
+    rows = [json.loads(line) for line in open(os.path.join(out, "annotations.jsonl"), encoding="utf-8")]
+    assert len(rows) == 12 and len(os.listdir(os.path.join(out, "videos"))) == 6
+    items = load_items("jsonl", "test", os.path.join(out, "annotations.jsonl"), out)
+    specs = make_specs(3, 1, 2, seconds=1, size=32, seed=0, mode="hard")[4:]
+    assert [it.captions for it in items] == [(s.caption, s.generic_caption) for s in specs]

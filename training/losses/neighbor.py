@@ -16,7 +16,9 @@ Direction t2v (query text i, candidate video j; S = S^loc, cosine scale, no logi
 v2t runs on S^T with zeta^t_j = 1/M sum_m s^loc(t_j, v^MB_m); L_Nbi = ½ (t2v + v2t).  pi is not detached by
 default (official).  The official min-max over the complement puts neighbour values above 1 (toy row S = 0.9
 self; 0.8, 0.7 neighbours; 0.1, 0.2, 0.3 others -> 4.0; 3.5, 3.0; 0, 0.5, 1.0).
-Needs k <= B - 3 (method Q13b).
+Training needs k <= B - 3 (method Q13b); direct calls accept 1 <= k <= B - 1. At k = B - 1 the complement region
+is empty: the official code's ``finfo.max`` sentinels give (x - max) / (-max - max) = (x - max) / -inf = 0, so
+S^ = C^ = 0, D = 0 and pi is uniform over N_i (a finite loss); this module returns exactly that.
 
 Empty bank: when no bank features exist (bank None or empty, e.g. a first step without pre-fill), the current
 batch is used as the bank: zeta^v_j = mean_a S_aj and zeta^t_j = mean_b S_jb.
@@ -48,12 +50,18 @@ def minmax_normalize(values: torch.Tensor, region: torch.Tensor) -> torch.Tensor
     """Row-wise (x - min_R x) / max(max_R x - min_R x, eps), min/max over the True entries of ``region`` [B, B].
 
     ``eps`` (1e-12) only matters for a degenerate row whose region holds equal values (e.g. identical clips), where
-    the official code divides 0 by 0 and the loss becomes NaN; such a row normalises to 0 instead.
+    the official code divides 0 by 0 and the loss becomes NaN; such a row normalises to 0 instead. A row whose
+    region is empty (k = B - 1 with the complement region) normalises to 0, as the official sentinel arithmetic
+    does ((x - max) / -inf = 0); clamping the overflowed -inf denominator to eps would give -inf - -inf = NaN.
     """
     big = torch.finfo(values.dtype).max
     lo = values.masked_fill(~region, big).amin(dim=1, keepdim=True)
     hi = values.masked_fill(~region, -big).amax(dim=1, keepdim=True)
-    return (values - lo) / (hi - lo).clamp_min(1e-12)
+    empty = ~region.any(dim=1, keepdim=True)
+    lo = torch.where(empty, torch.zeros_like(lo), lo)
+    hi = torch.where(empty, torch.ones_like(hi), hi)
+    out = (values - lo) / (hi - lo).clamp_min(1e-12)
+    return out.masked_fill(empty, 0.0)
 
 
 def neighbor_loss_direction(
@@ -68,7 +76,11 @@ def neighbor_loss_direction(
     """L_Nbi, one direction: rows of ``sim`` [B, B] are queries, ``zeta`` [B] the candidates' centrality."""
     if norm_over not in NORM_REGIONS:
         raise ValueError(f"neighbor_loss: norm_over must be one of {NORM_REGIONS}, got {norm_over!r}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"neighbor_loss: num_neighbors k must be an int in [1, B-1], got {k!r}")
     b = sim.shape[0]
+    if sim.dim() == 2 and sim.shape[1] == b and not 1 <= k <= b - 1:
+        raise ValueError(f"neighbor_loss: num_neighbors k={k} must be in [1, B-1] = [1, {b - 1}] for batch B={b}")
     if zeta.shape != (b,):
         raise ValueError(f"neighbor_loss: zeta shape {tuple(zeta.shape)} != [{b}]")
     nbr, ext = neighbor_sets(sim, k)
