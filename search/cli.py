@@ -1,9 +1,9 @@
 """``nr-index`` (checkpoint + split -> index folder) and ``nr-search`` (query an index; ``serve`` for HTTP).
 
-    nr-index --run runs/msrvtt --split test --out runs/msrvtt/index [--bank train]
-    accelerate launch --num_processes 2 -m search.cli index --run runs/msrvtt --split test --out idx
-    nr-search --index runs/msrvtt/index --query "a dog catches a frisbee" [--k 5 --hubness qb --json]
-    nr-search serve --index runs/msrvtt/index --port 8000
+nr-index --run runs/msrvtt --split test --out runs/msrvtt/index [--bank train]
+accelerate launch --num_processes 2 -m search.cli index --run runs/msrvtt --split test --out idx
+nr-search --index runs/msrvtt/index --query "a dog catches a frisbee" [--k 5 --hubness qb --json]
+nr-search serve --index runs/msrvtt/index --port 8000
 """
 
 from __future__ import annotations
@@ -64,7 +64,15 @@ def index_main(argv: list[str] | None = None) -> int:
         if o.batch_size is not None:
             cfg.data.eval_batch_size = o.batch_size
         url = split_url(cfg.data, _location(cfg, o.split))
-        shards, sizes, _ = resolve_shards(LoaderConfig(urls=None, root=os.path.dirname(url.rstrip("/")) or ".", split=os.path.basename(url.rstrip("/")), storage=cfg.data.storage, caption_mode="first"))
+        shards, sizes, _ = resolve_shards(
+            LoaderConfig(
+                urls=None,
+                root=os.path.dirname(url.rstrip("/")) or ".",
+                split=os.path.basename(url.rstrip("/")),
+                storage=cfg.data.storage,
+                caption_mode="first",
+            )
+        )
         bank_url = split_url(cfg.data, _location(cfg, o.bank)) if o.bank else None
     except (OptionError, ConfigError, FileNotFoundError, ValueError) as e:
         return _err(prog, str(e))
@@ -112,7 +120,9 @@ def index_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _build_bank(cfg: Any, model: Any, bank_url: str, out: str, storage: Any, similarity: str, n_parts: int) -> dict:
+def _build_bank(
+    cfg: Any, model: Any, bank_url: str, out: str, storage: Any, similarity: str, n_parts: int
+) -> dict:
     """Score every caption of the bank split against the index (``bank.npy``); returns its manifest entry."""
     import numpy as np
 
@@ -124,7 +134,9 @@ def _build_bank(cfg: Any, model: Any, bank_url: str, out: str, storage: Any, sim
     sindex.write_manifest(out, n_parts=n_parts, info={"similarity": similarity}, storage=storage)
     ix = sindex.open_index(out, storage)
     enc = QueryEncoder(model, cfg.model.max_words, similarity)
-    lc = dataclasses.replace(loader_config(cfg, bank_url, purpose="eval", world_size=1, caption_mode="all"), num_workers=0)
+    lc = dataclasses.replace(
+        loader_config(cfg, bank_url, purpose="eval", world_size=1, caption_mode="all"), num_workers=0
+    )
     rows = []
     for batch in build_loader(lc, rank=0, world_size=1):
         keep = ~batch["is_pad"].bool()
@@ -223,7 +235,12 @@ def serve_main(argv: list[str]) -> int:
 
     from search.server import create_app
 
-    uvicorn.run(create_app(s, candidates=o.candidates, hubness=o.hubness), host=o.host, port=o.port, log_level="warning")
+    uvicorn.run(
+        create_app(s, candidates=o.candidates, hubness=o.hubness),
+        host=o.host,
+        port=o.port,
+        log_level="warning",
+    )
     return 0
 
 

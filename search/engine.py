@@ -72,7 +72,11 @@ class QueryEncoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         tokens = self.model.encode_text(ids, mask)
         w = apply_token_weighting(self.model.text_weight, tokens, mask)
-        g = pool_text_eot(tokens, mask) if self.similarity == "pooled" else self.model.merge_text(tokens, mask)
+        g = (
+            pool_text_eot(tokens, mask)
+            if self.similarity == "pooled"
+            else self.model.merge_text(tokens, mask)
+        )
         g = torch.nn.functional.normalize(g.float(), dim=-1)
         return tokens.float().cpu(), mask.cpu(), w.float().cpu(), g.cpu()
 
@@ -121,7 +125,9 @@ class Searcher:
         order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
         return np.take_along_axis(part, order, 1)
 
-    def exhaustive_scores(self, t_tok: torch.Tensor, t_mask: torch.Tensor, t_w: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+    def exhaustive_scores(
+        self, t_tok: torch.Tensor, t_mask: torch.Tensor, t_w: torch.Tensor, chunk: int = 4096
+    ) -> np.ndarray:
         """[Q, G] test-time similarity of the queries to every indexed video (tokens read chunk by chunk)."""
         out = np.empty((t_tok.shape[0], self.index.size), dtype=np.float32)
         for a in range(0, self.index.size, chunk):
@@ -130,7 +136,9 @@ class Searcher:
             out[:, rows] = rerank_scores(self.similarity, t_tok, t_mask, t_w, *v, block=self.block).numpy()
         return out
 
-    def _correct(self, scores: np.ndarray, cols: np.ndarray | None, hubness: str, beta: float, k: int) -> np.ndarray:
+    def _correct(
+        self, scores: np.ndarray, cols: np.ndarray | None, hubness: str, beta: float, k: int
+    ) -> np.ndarray:
         """Apply ``eval.posthoc`` hubness correction to [Q, C] scores of gallery columns ``cols`` (None: all)."""
         from eval import posthoc
 
@@ -180,7 +188,9 @@ class Searcher:
         for q in range(cand.shape[0]):
             rows = cand[q]
             v = self.index.tokens(rows)
-            s = rerank_scores(self.similarity, t_tok[q : q + 1], t_mask[q : q + 1], t_w[q : q + 1], *v, block=self.block)[0].numpy()
+            s = rerank_scores(
+                self.similarity, t_tok[q : q + 1], t_mask[q : q + 1], t_w[q : q + 1], *v, block=self.block
+            )[0].numpy()
             if hubness != "none":
                 s = self._correct(s, rows, hubness, beta, qb_k)
             order = np.lexsort((rows, -s))[:k]  # score desc, ties by index row (as a stable full sort)

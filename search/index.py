@@ -114,7 +114,9 @@ def _shard_captions(url: str, storage: Any) -> dict[str, list[str]]:
 
 
 @torch.no_grad()
-def encode_part(model: Any, loader: Any, *, similarity: str, dtype: torch.dtype, device: Any) -> dict[str, Any]:
+def encode_part(
+    model: Any, loader: Any, *, similarity: str, dtype: torch.dtype, device: Any
+) -> dict[str, Any]:
     """Encode the videos of one shard's loader (caption mode ``first``, padding rows dropped).
 
     Returns tensors ``global`` [n, D] (L2-normalised: the first-stage cosine), ``tokens`` [n, F, D],
@@ -128,7 +130,13 @@ def encode_part(model: Any, loader: Any, *, similarity: str, dtype: torch.dtype,
     model.eval()
     keys: list[str] = []
     vids: list[str] = []
-    parts: dict[str, list[torch.Tensor]] = {"global": [], "tokens": [], "mask": [], "weights": [], "thumbs": []}
+    parts: dict[str, list[torch.Tensor]] = {
+        "global": [],
+        "tokens": [],
+        "mask": [],
+        "weights": [],
+        "thumbs": [],
+    }
     seen: set[str] = set()
     for batch in loader:
         rows = [
@@ -208,7 +216,9 @@ def build_index(
         if sfs.exists(url, storage):
             skipped += 1
             continue
-        enc = encode_part(model, make_loader(shard_urls[i]), similarity=similarity, dtype=_DTYPES[dtype], device=device)
+        enc = encode_part(
+            model, make_loader(shard_urls[i]), similarity=similarity, dtype=_DTYPES[dtype], device=device
+        )
         if not enc["keys"]:
             raise ValueError(f"{shard_urls[i]}: no samples could be read")
         sfs.write_bytes_atomic(url, _part_bytes(enc, _shard_captions(shard_urls[i], storage)), storage)
@@ -224,9 +234,7 @@ def build_index(
     return BuildReport(written, skipped, videos, time.perf_counter() - t0)
 
 
-def write_manifest(
-    out: str, *, n_parts: int, info: dict[str, Any], storage: Any = None
-) -> dict[str, Any]:
+def write_manifest(out: str, *, n_parts: int, info: dict[str, Any], storage: Any = None) -> dict[str, Any]:
     """Read every part's header, check it, and publish ``manifest.json`` (rank 0, after all parts exist)."""
     parts = []
     total = 0
@@ -364,7 +372,9 @@ def open_index(root: str, storage: Any = None, cache_dir: str | None = None) -> 
     except ValueError as e:
         raise IndexError_(f"{sfs.join(root, MANIFEST)}: not valid JSON: {e}") from e
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexError_(f"{root}: format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise IndexError_(
+            f"{root}: format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     local = root
     if sfs.is_remote(root):
         local = cache_dir or tempfile.mkdtemp(prefix="nr-index-")

@@ -43,12 +43,18 @@ class SearchOptions:
     query: str | None = _f(None, "one text query")
     queries: str | None = _f(None, "file of text queries, one a line")
     k: int = _f(10, "results per query (1..1000)")
-    candidates: int = _f(200, "first-stage candidates re-ranked with the model's similarity (>= index size: exhaustive)")
-    hubness: str = _f("none", "query-time hubness correction: none | qb (QB-Norm/DIS) | is (inverted softmax)")
+    candidates: int = _f(
+        200, "first-stage candidates re-ranked with the model's similarity (>= index size: exhaustive)"
+    )
+    hubness: str = _f(
+        "none", "query-time hubness correction: none | qb (QB-Norm/DIS) | is (inverted softmax)"
+    )
     beta: float = _f(20.0, "inverse temperature of QB-Norm / inverted softmax")
     qb_k: int = _f(1, "QB-Norm activation set: videos in the top-k of some bank query")
     json: bool = _f(False, "print JSON instead of a table")
-    checkpoint: str | None = _f(None, "checkpoint for the text encoder (default: the one recorded in the manifest)")
+    checkpoint: str | None = _f(
+        None, "checkpoint for the text encoder (default: the one recorded in the manifest)"
+    )
     cache_dir: str | None = _f(None, "local folder for a remote index's parts")
 
 
@@ -78,5 +84,7 @@ def parse_options(cls: type[T], argv: list[str], prog: str) -> T:
             p.add_argument(flag, dest=f.name, action="store_true", help=help_)
             continue
         kind = {"int": int, "int | None": int, "float": float}.get(str(f.type), str)
-        p.add_argument(flag, dest=f.name, type=kind, default=f.default, help=f"{help_} (default: {f.default})")
+        p.add_argument(
+            flag, dest=f.name, type=kind, default=f.default, help=f"{help_} (default: {f.default})"
+        )
     return cls(**vars(p.parse_args(argv)))

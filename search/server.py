@@ -12,8 +12,6 @@ MAX_BODY bytes; anything else is a 4xx with {"detail": message}. Searches run on
 concurrent requests cannot oversubscribe the CPU.
 """
 
-from __future__ import annotations
-
 import io
 import threading
 from typing import Any
@@ -109,8 +107,14 @@ def create_app(searcher: Any, *, candidates: int = 200, hubness: str = "none") -
             "query": q,
             "hubness": hub,
             "results": [
-                {"row": h.row, "key": h.key, "video_id": h.video_id, "score": h.score, "captions": h.captions,
-                 "thumbnail": f"/thumb/{h.row}"}  # fmt: skip
+                {
+                    "row": h.row,
+                    "key": h.key,
+                    "video_id": h.video_id,
+                    "score": h.score,
+                    "captions": h.captions,
+                    "thumbnail": f"/thumb/{h.row}",
+                }  # fmt: skip
                 for h in hits
             ],
         }

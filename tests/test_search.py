@@ -18,11 +18,15 @@ import torch
 
 from train_fixtures import FRAME_SIZE, REPO, tiny_config_text, write_dataset
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "ACCELERATE_USE_CPU": "1"}
+_EXTRA = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "ACCELERATE_USE_CPU": "1"}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, **_EXTRA}
 
 
 def _cli(args: list[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=REPO, env=ENV, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=REPO, env=_env(), capture_output=True,
                        text=True, timeout=timeout)  # fmt: skip
     if check and p.returncode != 0:
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
@@ -39,7 +43,9 @@ def ckpt(tmp_path_factory):
     data = write_dataset(str(root / "data"), n_test=30, shard_size=8)
     cfg_path = root / "config.yaml"
     cfg_path.write_text(
-        tiny_config_text(data, str(root / "run")).replace("arch: nr-tiny", f"arch: nr-tiny\n  image_size: {FRAME_SIZE}")
+        tiny_config_text(data, str(root / "run")).replace(
+            "arch: nr-tiny", f"arch: nr-tiny\n  image_size: {FRAME_SIZE}"
+        )
     )
     cfg = load_config(str(cfg_path), [])
     torch.manual_seed(0)
@@ -103,7 +109,9 @@ def test_search_equals_brute_force_wti(built, ckpt):
             order = np.argsort(-ref[q], kind="stable")[:5]
             if cand == ix.size:
                 assert [h.row for h in hits[q]] == order.tolist()
-            np.testing.assert_allclose([h.score for h in hits[q]], ref[q][[h.row for h in hits[q]]], rtol=1e-6)
+            np.testing.assert_allclose(
+                [h.score for h in hits[q]], ref[q][[h.row for h in hits[q]]], rtol=1e-6
+            )
 
 
 def test_exhaustive_search_reproduces_eval_ranks(built, ckpt, tmp_path):
@@ -115,7 +123,7 @@ def test_exhaustive_search_reproduces_eval_ranks(built, ckpt, tmp_path):
 
     out = tmp_path / "s.npz"
     subprocess.run([sys.executable, "-m", "training.score", "--checkpoint", ckpt["ckpt"], "--split", "test",
-                    "--out", str(out)], cwd=REPO, env=ENV, check=True, capture_output=True, timeout=300)  # fmt: skip
+                    "--out", str(out)], cwd=REPO, env=_env(), check=True, capture_output=True, timeout=300)  # fmt: skip
     ref = load_scores(str(out))
     s = _searcher(built, ckpt["ckpt"])
     cfg = load_config(os.path.join(ckpt["ckpt"], "config.yaml"), [])
@@ -156,7 +164,9 @@ def test_qb_norm_and_inverted_softmax_equal_eval_posthoc(built, ckpt):
         for cand in (ix.size, ix.size - 1):
             hits = s.search(queries, k=4, candidates=cand, hubness=hub)
             for q in range(2):
-                np.testing.assert_allclose([h.score for h in hits[q]], ref[q][[h.row for h in hits[q]]], rtol=1e-9)
+                np.testing.assert_allclose(
+                    [h.score for h in hits[q]], ref[q][[h.row for h in hits[q]]], rtol=1e-9
+                )
                 if cand == ix.size:
                     assert [h.row for h in hits[q]] == np.argsort(-ref[q], kind="stable")[:4].tolist()
 
@@ -167,7 +177,7 @@ def test_resume_after_kill9_gives_same_bytes(built, ckpt):
     _cli(["index", "--checkpoint", ckpt["ckpt"], "--split", "test", "--out", str(ref)])
     out = ckpt["root"] / "killed16"
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "index", "--checkpoint", ckpt["ckpt"], "--split",
-                             "test", "--out", str(out)], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                             "test", "--out", str(out)], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 200
     while not (out / "parts" / "part-00000.safetensors").exists() and proc.poll() is None:
@@ -193,7 +203,7 @@ def test_two_ranks_write_disjoint_parts(ckpt):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
            str(_free_port()), "-m", "search.cli", "index", "--checkpoint", ckpt["ckpt"], "--split", "test",
            "--out", str(out)]  # fmt: skip
-    p = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
+    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, p.stderr[-4000:]
     _cli(["index", "--checkpoint", ckpt["ckpt"], "--split", "test", "--out", str(ref)])
     assert _files(out) == _files(ref)
@@ -202,14 +212,16 @@ def test_two_ranks_write_disjoint_parts(ckpt):
 def test_index_on_s3(ckpt, s3_bucket, s3_server):
     import fsspec
 
-    url = f"s3://{s3_bucket}/idx"
+    url = f"{s3_bucket}/idx"
     _cli(["index", "--checkpoint", ckpt["ckpt"], "--split", "test", "--out", url])
     s = _searcher(url, ckpt["ckpt"])
     local = ckpt["root"] / "local16"
     if not local.exists():
         _cli(["index", "--checkpoint", ckpt["ckpt"], "--split", "test", "--out", str(local)])
     fs = fsspec.filesystem("s3")
-    assert fs.cat(f"{s3_bucket}/idx/parts/part-00001.safetensors") == (local / "parts/part-00001.safetensors").read_bytes()
+    assert (
+        fs.cat(f"{url}/parts/part-00001.safetensors") == (local / "parts/part-00001.safetensors").read_bytes()
+    )
     assert s.index.size == 30 and s.search(["red"], k=3)[0][0].key in s.index.keys
 
 
@@ -217,7 +229,10 @@ def test_cli_bad_inputs(built, ckpt, tmp_path):
     cases = [
         (["index", "--split", "test", "--out", "x"], "give exactly one of --run or --checkpoint"),
         (["index", "--checkpoint", ckpt["ckpt"], "--out", "x", "--dtype", "int8"], "--dtype 'int8'"),
-        (["search", "--index", str(built), "--query", "x", "--k", "1000000000"], "--k 1000000000: must be in 1..1000"),
+        (
+            ["search", "--index", str(built), "--query", "x", "--k", "1000000000"],
+            "--k 1000000000: must be in 1..1000",
+        ),
         (["search", "--index", str(built), "--query", "   "], "--query is empty"),
         (["search", "--index", str(tmp_path), "--query", "x"], "no manifest.json"),
         (["search", "--index", str(built), "--query", "x", "--k", "ten"], "invalid int value: 'ten'"),
@@ -242,7 +257,7 @@ def server(built, ckpt):
 
     port = _port()
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "serve", "--index", str(built), "--port",
-                             str(port), "--candidates", "10"], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                             str(port), "--candidates", "10"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -347,8 +362,10 @@ def test_page_in_headless_chromium_with_typed_query(server):
             call("Input.dispatchKeyEvent", type="keyUp", key="Enter", code="Enter", windowsVirtualKeyCode=13)
             loaded = 0
             for _ in range(200):
-                loaded = js("[...document.querySelectorAll('#grid img')].filter(i => i.complete && i.naturalWidth > 0).length")
-                if loaded:
+                loaded = js(
+                    "[...document.querySelectorAll('#grid img')].filter(i => i.complete && i.naturalWidth > 0).length"
+                )
+                if loaded == 12:
                     break
                 time.sleep(0.1)
             assert loaded == 12
