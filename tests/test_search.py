@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from train_fixtures import FRAME_SIZE, REPO, tiny_config_text, write_dataset
 
 _EXTRA = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "ACCELERATE_USE_CPU": "1"}
