@@ -13,6 +13,11 @@ if ! command -v ffprobe >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v ap
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
     || echo "[setup] apt-get ffmpeg failed; falling back to imageio-ffmpeg's binary"
 fi
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing chromium (apt-get; the search page test drives it headless)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "[setup] apt-get chromium failed; the headless page test will skip"
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv

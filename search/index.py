@@ -1,0 +1,410 @@
+"""The search index: one safetensors file per shard ("part") plus a JSON manifest.
+
+Layout of an index folder (local path or ``s3://``)::
+
+    manifest.json                 format version, checkpoint hash, config, source, counts, dtype, parts
+    parts/part-00007.safetensors  global [n, D], tokens [n, F, D], mask [n, F] uint8, weights [n, F],
+                                  thumbs [n, h, w, 3] uint8; metadata "rows": JSON {keys, video_ids, captions}
+    bank.npy                      optional query-bank scores [n_bank, G] float32 (QB-Norm / inverted softmax)
+
+Part ``i`` holds the videos of shard ``i`` of the split (sorted shard names), so a part's content depends only
+on the checkpoint and that shard: a killed build that is resumed writes the same bytes. Each part is written as
+one file published atomically (temp name + rename locally, one PUT on S3), so a part exists whole or not at
+all. Under ``accelerate launch`` rank ``r`` writes the parts ``i % world == r``; rank 0 writes the manifest
+after every part exists. Only safetensors, npy and JSON are written or read (nothing is unpickled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from shards import fs as sfs
+
+__all__ = [
+    "FORMAT_VERSION",
+    "IndexError_",
+    "part_name",
+    "checkpoint_hash",
+    "encode_part",
+    "build_index",
+    "Index",
+    "open_index",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BANK_FILE = "bank.npy"
+THUMB_SIZE = 96  # longest thumbnail side in pixels
+_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+class IndexError_(ValueError):
+    """A malformed or inconsistent index folder (the message names the file and the problem)."""
+
+
+def part_name(i: int) -> str:
+    return f"parts/part-{i:05d}.safetensors"
+
+
+def checkpoint_hash(ckpt: str) -> str:
+    """sha256 of the checkpoint's weights file (``pytorch_model.bin`` in a folder, or the file itself)."""
+    from training.checkpoint import MODEL_FILE
+
+    file = os.path.join(ckpt, MODEL_FILE) if os.path.isdir(ckpt) else ckpt
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _thumbnail(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The middle real frame of one clip as uint8 [h, w, 3], longest side THUMB_SIZE (or less).
+
+    ``frames`` [F, 3, H, W] are the loader's output: uint8, or float normalised with CLIP mean/std (undone here).
+    """
+    from shards.transforms import CLIP_MEAN, CLIP_STD
+
+    n = max(1, int(mask.sum()))
+    x = frames[(n - 1) // 2].float()
+    if frames.dtype != torch.uint8:
+        mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(3, 1, 1)
+        x = (x * std + mean) * 255.0
+    h, w = x.shape[-2:]
+    scale = min(1.0, THUMB_SIZE / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = torch.nn.functional.interpolate(x[None], size=size, mode="area")[0]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def _shard_captions(url: str, storage: Any) -> dict[str, list[str]]:
+    """key -> captions of every sample of one shard (read from the samples' JSON members)."""
+    from shards.reader import iter_tar_samples
+    from shards.transforms import parse_meta
+
+    fs, path = sfs.filesystem(url, storage)
+    out: dict[str, list[str]] = {}
+    with fs.open(path, "rb") as f:
+        for _i, key, members in iter_tar_samples(f, lambda _o: True):
+            if members is None:
+                continue
+            try:
+                _txt, captions, _meta = parse_meta(members)
+            except (ValueError, UnicodeDecodeError):
+                captions = []
+            out[key] = [str(c) for c in captions]
+    return out
+
+
+@torch.no_grad()
+def encode_part(
+    model: Any, loader: Any, *, similarity: str, dtype: torch.dtype, device: Any
+) -> dict[str, Any]:
+    """Encode the videos of one shard's loader (caption mode ``first``, padding rows dropped).
+
+    Returns tensors ``global`` [n, D] (L2-normalised: the first-stage cosine), ``tokens`` [n, F, D],
+    ``mask`` [n, F], ``weights`` [n, F] (frame weights of the WTI similarity), ``thumbs`` [n, h, w, 3] and
+    the lists ``keys``, ``video_ids``. ``similarity`` ``local``: the global embedding is the model's merged
+    video token; ``pooled``: the mean of the real frames' tokens (the InfoNCE baseline's feature).
+    """
+    from training.losses.infonce import pool_video_mean
+    from training.similarity import apply_token_weighting
+
+    model.eval()
+    keys: list[str] = []
+    vids: list[str] = []
+    parts: dict[str, list[torch.Tensor]] = {
+        "global": [],
+        "tokens": [],
+        "mask": [],
+        "weights": [],
+        "thumbs": [],
+    }
+    seen: set[str] = set()
+    for batch in loader:
+        rows = [
+            i
+            for i, k in enumerate(batch["keys"])
+            if not bool(batch["is_pad"][i]) and k not in seen and not seen.add(k)  # type: ignore[func-returns-value]
+        ]
+        if not rows:
+            continue
+        idx = torch.tensor(rows)
+        frames = batch["frames"][idx]
+        fmask = batch["frame_mask"][idx]
+        tokens = model.encode_video(frames.to(device), fmask.to(device))
+        w = apply_token_weighting(model.video_weight, tokens, fmask.to(device))
+        if similarity == "pooled":
+            g = pool_video_mean(tokens, fmask.to(device))
+        else:
+            g = model.merge_video(tokens, fmask.to(device))
+        g = torch.nn.functional.normalize(g.float(), dim=-1)
+        parts["global"].append(g.cpu().to(dtype))
+        parts["tokens"].append(tokens.float().cpu().to(dtype))
+        parts["mask"].append(fmask.cpu().to(torch.uint8))
+        parts["weights"].append(w.float().cpu().to(dtype))
+        parts["thumbs"].append(torch.stack([_thumbnail(frames[j], fmask[j]) for j in range(len(rows))]))
+        keys += [batch["keys"][i] for i in rows]
+        vids += [batch["video_ids"][i] for i in rows]
+    out: dict[str, Any] = {k: torch.cat(v) for k, v in parts.items() if v}
+    out["keys"], out["video_ids"] = keys, vids
+    return out
+
+
+def _part_bytes(enc: dict[str, Any], captions: dict[str, list[str]]) -> bytes:
+    from safetensors.torch import save
+
+    rows = {
+        "keys": enc["keys"],
+        "video_ids": enc["video_ids"],
+        "captions": [captions.get(k, []) for k in enc["keys"]],
+    }
+    tensors = {k: enc[k].contiguous() for k in ("global", "tokens", "mask", "weights", "thumbs")}
+    return save(tensors, metadata={"rows": json.dumps(rows, sort_keys=True, ensure_ascii=False)})
+
+
+@dataclass
+class BuildReport:
+    parts_written: int
+    parts_skipped: int
+    videos: int
+    seconds: float
+
+
+def build_index(
+    *,
+    out: str,
+    shard_urls: list[str],
+    make_loader: Callable[[str], Any],
+    model: Any,
+    similarity: str,
+    dtype: str = "float16",
+    device: Any = "cpu",
+    rank: int = 0,
+    world: int = 1,
+    storage: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> BuildReport:
+    """Write this rank's missing parts (part i = shard i, i % world == rank); existing parts are kept.
+
+    ``make_loader(url)`` returns an in-order eval loader over one shard. Progress lines give videos/s and ETA.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    mine = [i for i in range(len(shard_urls)) if i % world == rank]
+    t0 = time.perf_counter()
+    written = skipped = videos = 0
+    for done, i in enumerate(mine):
+        url = sfs.join(out, part_name(i))
+        if sfs.exists(url, storage):
+            skipped += 1
+            continue
+        enc = encode_part(
+            model, make_loader(shard_urls[i]), similarity=similarity, dtype=_DTYPES[dtype], device=device
+        )
+        if not enc["keys"]:
+            raise ValueError(f"{shard_urls[i]}: no samples could be read")
+        sfs.write_bytes_atomic(url, _part_bytes(enc, _shard_captions(shard_urls[i], storage)), storage)
+        written += 1
+        videos += len(enc["keys"])
+        dt = time.perf_counter() - t0
+        rate = videos / dt if dt > 0 else 0.0
+        left = (len(mine) - done - 1) * (dt / max(written, 1))
+        msg = f"part {i} ({len(enc['keys'])} videos): {written + skipped}/{len(mine)} parts, {rate:.1f} videos/s, ETA {left:.0f} s"
+        logger.info(msg)
+        if progress is not None:
+            progress(msg)
+    return BuildReport(written, skipped, videos, time.perf_counter() - t0)
+
+
+def write_manifest(out: str, *, n_parts: int, info: dict[str, Any], storage: Any = None) -> dict[str, Any]:
+    """Read every part's header, check it, and publish ``manifest.json`` (rank 0, after all parts exist)."""
+    parts = []
+    total = 0
+    dims: tuple[int, ...] | None = None
+    for i in range(n_parts):
+        url = sfs.join(out, part_name(i))
+        if not sfs.exists(url, storage):
+            raise IndexError_(f"{url}: part missing (a rank did not finish); run nr-index again to resume")
+        header = _read_header(url, storage)
+        n = int(header["global"]["shape"][0])
+        shape = tuple(header["tokens"]["shape"][1:])
+        if dims is not None and shape != dims:
+            raise IndexError_(f"{url}: token shape {shape} != {dims} of part 0")
+        dims = shape
+        parts.append({"file": part_name(i), "videos": n})
+        total += n
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "videos": total,
+        "frames": dims[0] if dims else 0,
+        "dim": dims[1] if dims else 0,
+        "parts": parts,
+        **info,
+    }
+    sfs.write_bytes_atomic(
+        sfs.join(out, MANIFEST), (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), storage
+    )
+    return manifest
+
+
+def _read_header(url: str, storage: Any) -> dict[str, Any]:
+    """The JSON header of a safetensors file (8-byte little-endian length + JSON), read without the data."""
+    fs, path = sfs.filesystem(url, storage)
+    with fs.open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= 1 << 28:
+            raise IndexError_(f"{url}: not a safetensors file (header length {n})")
+        try:
+            return json.loads(f.read(n))
+        except ValueError as e:
+            raise IndexError_(f"{url}: bad safetensors header: {e}") from e
+
+
+def save_bank(out: str, bank: np.ndarray, storage: Any = None) -> None:
+    """Write the query-bank scores [n_bank, G] float32 as ``bank.npy`` (atomic)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(bank, dtype=np.float32), allow_pickle=False)
+    sfs.write_bytes_atomic(sfs.join(out, BANK_FILE), buf.getvalue(), storage)
+
+
+@dataclass
+class Index:
+    """An opened index: global embeddings in RAM, token features memory-mapped per part.
+
+    ``global_emb`` [G, D] float32 (L2-normalised), ``keys``/``video_ids``/``captions`` aligned with rows,
+    ``offsets`` [n_parts + 1] first row of each part. Tokens are read with :meth:`tokens` for given rows only.
+    """
+
+    root: str
+    manifest: dict[str, Any]
+    global_emb: np.ndarray
+    keys: list[str]
+    video_ids: list[str]
+    captions: list[list[str]]
+    offsets: np.ndarray
+    files: list[Any]
+    bank: np.ndarray | None = None
+    _key_row: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+    def tokens(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens [n, F, D], mask [n, F], weights [n, F]) float32 of the given global rows, in that order.
+
+        Only those rows are read from the memory-mapped parts (grouped by part, sorted within each)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        f, d = int(self.manifest["frames"]), int(self.manifest["dim"])
+        tok = np.empty((len(rows), f, d), dtype=np.float32)
+        msk = np.empty((len(rows), f), dtype=np.int64)
+        wts = np.empty((len(rows), f), dtype=np.float32)
+        part = np.searchsorted(self.offsets, rows, side="right") - 1
+        for p in np.unique(part):
+            sel = np.nonzero(part == p)[0]
+            local = rows[sel] - self.offsets[p]
+            order = np.argsort(local, kind="stable")
+            mm = self.files[p]
+            tok[sel[order]] = mm["tokens"][local[order]]
+            msk[sel[order]] = mm["mask"][local[order]]
+            wts[sel[order]] = mm["weights"][local[order]]
+        return torch.from_numpy(tok), torch.from_numpy(msk), torch.from_numpy(wts)
+
+    def thumbnail(self, row: int) -> np.ndarray:
+        """uint8 [h, w, 3] thumbnail of global row ``row``."""
+        p = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        return np.asarray(self.files[p]["thumbs"][row - self.offsets[p]])
+
+
+def _mmap_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Memory-map each tensor of a safetensors file as a read-only numpy array (no copy, nothing unpickled).
+
+    Own code instead of ``safetensors.safe_open``: numpy memmaps allow fancy-indexing only the wanted rows of a
+    tensor, which ``get_slice`` (contiguous slices) does not.
+    """
+    types = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I64": np.int64}
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    out = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        if spec["dtype"] not in types:
+            raise IndexError_(f"{path}: tensor {name} has unsupported dtype {spec['dtype']}")
+        a, b = spec["data_offsets"]
+        shape = tuple(spec["shape"])
+        dt = np.dtype(types[spec["dtype"]])
+        if b - a != int(np.prod(shape)) * dt.itemsize:
+            raise IndexError_(f"{path}: tensor {name} offsets do not match its shape")
+        if b == a:
+            out[name] = np.zeros(shape, dtype=dt)
+        else:
+            out[name] = np.memmap(path, dtype=dt, mode="r", offset=8 + n + a, shape=shape)
+    out["__metadata__"] = header.get("__metadata__", {})  # type: ignore[assignment]
+    return out
+
+
+def open_index(root: str, storage: Any = None, cache_dir: str | None = None) -> Index:
+    """Open an index folder; a remote index is downloaded into ``cache_dir`` (a temp folder if None) first."""
+    try:
+        manifest = json.loads(sfs.read_bytes(sfs.join(root, MANIFEST), storage))
+    except FileNotFoundError as e:
+        raise IndexError_(f"{root}: no {MANIFEST} (not an index, or its build did not finish)") from e
+    except ValueError as e:
+        raise IndexError_(f"{sfs.join(root, MANIFEST)}: not valid JSON: {e}") from e
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexError_(
+            f"{root}: format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
+    local = root
+    if sfs.is_remote(root):
+        local = cache_dir or tempfile.mkdtemp(prefix="nr-index-")
+        fs, path = sfs.filesystem(root, storage)
+        names = [p["file"] for p in manifest["parts"]] + ([BANK_FILE] if manifest.get("bank") else [])
+        for name in names:
+            dst = os.path.join(local, name)
+            if not os.path.exists(dst):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                fs.get_file(f"{path.rstrip('/')}/{name}", dst + ".part")
+                os.replace(dst + ".part", dst)
+    files, keys, vids, caps, globals_, offsets = [], [], [], [], [], [0]
+    for p in manifest["parts"]:
+        path = os.path.join(local, p["file"])
+        mm = _mmap_safetensors(path)
+        rows = json.loads(mm["__metadata__"]["rows"])  # type: ignore[index]
+        if len(rows["keys"]) != int(p["videos"]) or mm["global"].shape[0] != int(p["videos"]):
+            raise IndexError_(f"{path}: {len(rows['keys'])} rows, manifest says {p['videos']}")
+        files.append(mm)
+        keys += rows["keys"]
+        vids += rows["video_ids"]
+        caps += rows["captions"]
+        globals_.append(np.asarray(mm["global"], dtype=np.float32))
+        offsets.append(offsets[-1] + int(p["videos"]))
+    bank = None
+    if manifest.get("bank"):
+        bank = np.load(os.path.join(local, BANK_FILE), mmap_mode="r", allow_pickle=False)
+        if bank.shape[1] != len(keys):
+            raise IndexError_(f"{BANK_FILE}: {bank.shape[1]} columns for {len(keys)} videos")
+    g = np.concatenate(globals_) if globals_ else np.zeros((0, int(manifest.get("dim", 0))), np.float32)
+    idx = Index(root, manifest, g, keys, vids, caps, np.array(offsets, dtype=np.int64), files, bank)
+    idx._key_row = {k: i for i, k in enumerate(keys)}
+    return idx
