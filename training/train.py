@@ -26,6 +26,7 @@ import hashlib
 import logging
 import math
 import os
+import sys
 import time
 from typing import Any
 
