@@ -38,7 +38,7 @@ class PreprocessConfig:
     video_root: str = ""  # folder the annotation's video paths resolve against
     split: str = "train"  # split to shard (the annotation's split name); shards go to {out}/{split}/
     out: str = ""  # output root: local folder or s3://bucket/prefix; shards go to {out}/{split}/
-    video_ext: str = ".mp4"  # extension appended to video ids that have none (benchmark readers)
+    video_ext: str = ".mp4"  # benchmark readers: video files are {video_root}/{video_id}{video_ext}
     storage: StorageOptions = field(default_factory=StorageOptions)
     num_workers: int = 2  # decoding processes
     shard_size: int = 100  # inputs per shard (shard i holds inputs [i*shard_size, (i+1)*shard_size))
