@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
 from train_fixtures import REPO, tiny_config_text, write_split
@@ -17,9 +17,15 @@ import nrconfig
 from preprocess.config import PreprocessConfig
 from training.config import TrainConfig, save_config
 
-SCRIPTS: dict[str, str] = tomllib.loads(open(os.path.join(REPO, "pyproject.toml"), "rb").read().decode())[
-    "project"
-]["scripts"]
+
+def _scripts() -> dict[str, str]:
+    """``[project.scripts]`` of pyproject.toml (read as text: tomllib needs Python 3.11)."""
+    text = open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8").read()
+    section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    return dict(re.findall(r'^([\w-]+)\s*=\s*"([^"]+)"', section, flags=re.M))
+
+
+SCRIPTS = _scripts()
 
 
 def run_script(
