@@ -260,6 +260,13 @@ MISTAKES = [
         "--split tset: no shards at {root}/tset",
     ),
     (
+        "score-run",
+        "nr-score",
+        ["--run", "{base}/runz", "--out", "{out}/s.npz"],
+        "--run '{base}/runz': neither best/ nor checkpoints/step-* found",
+    ),
+    ("synth-count", "nr-synth", ["--out", "{out}", "--num-train", "-1"], "argument --num-train: must be >= 0, got -1"),
+    (
         "verify-missing",
         "nr-shards-verify",
         ["{base}/shards/trian"],
