@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="nr-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("scores", help="scores.npz, a folder of chunk-*.npz, or an embeddings folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--val-scores", help="validation scores (tuning post-hoc hyperparameters)")
@@ -53,9 +53,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compare", nargs="+", default=[], help="other scores files to compare on the same queries")
     p.add_argument("--names", nargs="+", help="names for SCORES and each --compare file")
     p.add_argument("--ks", default="1,5,10,15", help="hubness k values")
-    p.add_argument("--prefix", default="test")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--prefix", default="test", help="metric-name prefix in metrics.json (e.g. test/R@1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals and paired tests")
+    p.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     import nrconfig  # here, not at import time: shard readers never load the config machinery
 

@@ -36,9 +36,9 @@ class PreprocessConfig:
     dataset: str = ""  # msrvtt | msvd | didemo | activitynet | csv | jsonl
     anno_path: str = ""  # annotation file (or folder, per reader)
     video_root: str = ""  # folder the annotation's video paths resolve against
-    split: str = "train"
+    split: str = "train"  # split to shard (the annotation's split name); shards go to {out}/{split}/
     out: str = ""  # output root: local folder or s3://bucket/prefix; shards go to {out}/{split}/
-    video_ext: str = ".mp4"
+    video_ext: str = ".mp4"  # benchmark readers: video files are {video_root}/{video_id}{video_ext}
     storage: StorageOptions = field(default_factory=StorageOptions)
     num_workers: int = 2  # decoding processes
     shard_size: int = 100  # inputs per shard (shard i holds inputs [i*shard_size, (i+1)*shard_size))
@@ -46,10 +46,10 @@ class PreprocessConfig:
     sampler: str = "uniform"  # uniform | fps | head
     fps: float = 1.0  # frames per second for the fps sampler
     frame_size: int = 224  # S: short side resized to S, centre crop S x S
-    jpeg_quality: int = 90
+    jpeg_quality: int = 90  # JPEG quality 1..100 of the stored frames
     decoder: str = "decord"  # decord (ffmpeg fallback on failure) | ffmpeg
     job_index: int = 0  # this job writes shards i with i % num_jobs == job_index
-    num_jobs: int = 1
+    num_jobs: int = 1  # parallel jobs sharing this split (each with its own job_index)
     recycle_after: int = 100  # a worker process is replaced after this many videos (decord leaks memory)
     timeout: float = 120.0  # seconds per video; the worker is killed and the input recorded as failed
     build_index: bool = True  # single-machine job (num_jobs == 1): write sizes/shardindex/manifest at the end

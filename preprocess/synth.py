@@ -274,17 +274,38 @@ def generate(
     return specs
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m preprocess.synth", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--num-train", type=int, default=600)
-    p.add_argument("--num-val", type=int, default=100)
-    p.add_argument("--num-test", type=int, default=100)
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--size", type=int, default=112)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p = argparse.ArgumentParser(prog="nr-synth", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output folder: videos and annotations.jsonl")
+    p.add_argument("--num-train", type=_count, default=600, help="videos in the train split")
+    p.add_argument("--num-val", type=_count, default=100, help="videos in the val split")
+    p.add_argument("--num-test", type=_count, default=100, help="videos in the test split")
+    p.add_argument("--seconds", type=_positive_float, default=3.0, help="length of each video in seconds")
+    p.add_argument("--fps", type=_positive, default=8, help="frames per second of the written videos")
+    p.add_argument("--size", type=_positive, default=112, help="frame width and height in pixels")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated content (same seed, same videos)")
+    p.add_argument("--workers", type=_positive, default=2, help="encoding processes")
     import nrconfig  # here, not at import time: shard readers never load the config machinery
 
     nrconfig.add_version(p)

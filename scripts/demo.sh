@@ -35,8 +35,8 @@ SYNTH_TOTAL=800
 # Shards: 12 frames per clip, stored at 64 px (a 64 px tiny ViT with 16 px patches trains ~3x faster than at
 # 112 px on CPU; the shapes stay easy to see).
 FRAME_SIZE=64
-PREPROCESS_ARGS=(--config configs/preprocess/synth.yaml --anno_path "$OUT/synth/annotations.jsonl"
-                 --video_root "$OUT/synth" --out "$OUT/shards" --frame_size "$FRAME_SIZE" --progress false)
+PREPROCESS_ARGS=(--config configs/preprocess/synth.yaml "anno_path=$OUT/synth/annotations.jsonl"
+                 "video_root=$OUT/synth" "out=$OUT/shards" "frame_size=$FRAME_SIZE" progress=false)
 # Training: configs/demo.yaml (tiny random-init CLIP "nr-tiny", global batch 32, k = 20 neighbours, lr 2e-3,
 # 20 epochs, 64 px frames, loss.global_l2norm=true). Why l2norm (docs/method.md §8-Q7): with the official unnormalised
 # global similarity, L_Opt is 16.6 at init with a gradient norm of 670 (L_Wti: 17); clipped to norm 1, the first
@@ -123,7 +123,7 @@ for split in train val test; do
     note="$note $split:skipped"
     continue
   fi
-  $PY -m preprocess "${PREPROCESS_ARGS[@]}" --split "$split"
+  $PY -m preprocess "${PREPROCESS_ARGS[@]}" "split=$split"
   verify_split "$split"
   note="$note $split:written"
 done

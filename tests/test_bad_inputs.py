@@ -112,6 +112,7 @@ def test_job_exits_1_when_every_input_failed(tmp_path, capsys):
     assert rc == 1
     assert "all 3 inputs this job decoded failed" in capsys.readouterr().err
     assert len(_failures(str(out / "train"))) == 3  # still recorded, one row each
+    assert sorted(os.listdir(out / "train")) == ["train-000000.failures.jsonl"]  # no empty tar, no index
 
 
 @pytest.mark.parametrize("override,message", [(("num_frames", "0"), "num_frames must be >= 1"),
