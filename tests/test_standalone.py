@@ -130,3 +130,25 @@ def test_citation_sweep_has_nothing_left_to_do():
         timeout=120,
     )
     assert res.returncode == 0, "scripts/repoint_citations.py would still rewrite:\n" + res.stdout
+
+
+def test_tests_named_in_the_docs_exist():
+    """The method and evaluation pages give tests as evidence (`test_x.py::test_y` or a bare `test_y`)."""
+    defs = {
+        p.stem: set(re.findall(r"^def (test_\w+)", p.read_text(encoding="utf-8"), flags=re.M))
+        for p in (REPO / "tests").glob("test_*.py")
+    }
+    every = set().union(*defs.values())
+    bad = []
+    checked = 0
+    for page in sorted((REPO / "docs").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        checked += len(re.findall(r"test_\w+\.py::test_\w+|`test_\w+`", text))
+        for f, name in re.findall(r"(test_\w+)\.py::(test_\w+)", text):
+            if name not in defs.get(f, set()):
+                bad.append(f"docs/{page.name}: {f}.py::{name}")
+        for name in re.findall(r"`(test_\w+)`", text):
+            if name not in every and name not in defs:
+                bad.append(f"docs/{page.name}: {name}")
+    assert checked > 20  # docs/method.md cites its evidence; finding none means the pattern broke
+    assert not bad, "tests named in the docs that do not exist:\n" + "\n".join(bad)
