@@ -152,3 +152,32 @@ def test_tests_named_in_the_docs_exist():
                 bad.append(f"docs/{page.name}: {name}")
     assert checked > 20  # docs/method.md cites its evidence; finding none means the pattern broke
     assert not bad, "tests named in the docs that do not exist:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("(method.md §8 Q5)", "(docs/method.md §8-Q5)"),
+        ("(method §2.8)", "(docs/method.md §2.8)"),
+        ("evidence: `../shared/docs/method.md` §8.", "evidence: `docs/method.md` §8."),
+        ("(hubness-eval.md §3.4)", "(docs/evaluation.md §3.4)"),
+        ("again, pipeline-notes §0.4)", "again, docs/design-notes.md §0.4)"),
+        ("(pipeline-notes.md §0.5)", "(docs/design-notes.md §0.5)"),
+        ("imports (see ../shared/docs/environment.md).", "imports (see docs/design-notes.md §7)."),
+        ("to 2e-7 (environment.md); see", "to 2e-7 (docs/design-notes.md §7); see"),
+        ("Why l2norm (method.md Q7): with", "Why l2norm (docs/method.md §8-Q7): with"),
+        ("(official: fp16 CLIP weights, §8-Q1)", "(official: fp16 CLIP weights, docs/method.md §8-Q1)"),
+        ('one token (architecture.md "Decisions").', "one token (docs/method.md §10)."),
+        ("(k <= batch - 3, method §8-Q13b)", "(k <= batch - 3, docs/method.md §8-Q13b)"),
+        ("(docs/method.md §5.1, §8)", "(docs/method.md §5.1, §8)"),
+        ("def test_minmax_toy_row_from_method_md():", "def test_minmax_toy_row_from_method_md():"),
+    ],
+)
+def test_repoint_rules_and_idempotence(old, new):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import repoint_citations
+    finally:
+        sys.path.pop(0)
+    assert repoint_citations.rewrite(old, "x.py") == new
+    assert repoint_citations.rewrite(new, "x.py") == new
