@@ -130,3 +130,54 @@ def test_citation_sweep_has_nothing_left_to_do():
         timeout=120,
     )
     assert res.returncode == 0, "scripts/repoint_citations.py would still rewrite:\n" + res.stdout
+
+
+def test_tests_named_in_the_docs_exist():
+    """The method and evaluation pages give tests as evidence (`test_x.py::test_y` or a bare `test_y`)."""
+    defs = {
+        p.stem: set(re.findall(r"^def (test_\w+)", p.read_text(encoding="utf-8"), flags=re.M))
+        for p in (REPO / "tests").glob("test_*.py")
+    }
+    every = set().union(*defs.values())
+    bad = []
+    checked = 0
+    for page in sorted((REPO / "docs").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        checked += len(re.findall(r"test_\w+\.py::test_\w+|`test_\w+`", text))
+        for f, name in re.findall(r"(test_\w+)\.py::(test_\w+)", text):
+            if name not in defs.get(f, set()):
+                bad.append(f"docs/{page.name}: {f}.py::{name}")
+        for name in re.findall(r"`(test_\w+)`", text):
+            if name not in every and name not in defs:
+                bad.append(f"docs/{page.name}: {name}")
+    assert checked > 20  # docs/method.md cites its evidence; finding none means the pattern broke
+    assert not bad, "tests named in the docs that do not exist:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("(method.md §8 Q5)", "(docs/method.md §8-Q5)"),
+        ("(method §2.8)", "(docs/method.md §2.8)"),
+        ("evidence: `../shared/docs/method.md` §8.", "evidence: `docs/method.md` §8."),
+        ("(hubness-eval.md §3.4)", "(docs/evaluation.md §3.4)"),
+        ("again, pipeline-notes §0.4)", "again, docs/design-notes.md §0.4)"),
+        ("(pipeline-notes.md §0.5)", "(docs/design-notes.md §0.5)"),
+        ("imports (see ../shared/docs/environment.md).", "imports (see docs/design-notes.md §7)."),
+        ("to 2e-7 (environment.md); see", "to 2e-7 (docs/design-notes.md §7); see"),
+        ("Why l2norm (method.md Q7): with", "Why l2norm (docs/method.md §8-Q7): with"),
+        ("(official: fp16 CLIP weights, §8-Q1)", "(official: fp16 CLIP weights, docs/method.md §8-Q1)"),
+        ('one token (architecture.md "Decisions").', "one token (docs/method.md §10)."),
+        ("(k <= batch - 3, method §8-Q13b)", "(k <= batch - 3, docs/method.md §8-Q13b)"),
+        ("(docs/method.md §5.1, §8)", "(docs/method.md §5.1, §8)"),
+        ("def test_minmax_toy_row_from_method_md():", "def test_minmax_toy_row_from_method_md():"),
+    ],
+)
+def test_repoint_rules_and_idempotence(old, new):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import repoint_citations
+    finally:
+        sys.path.pop(0)
+    assert repoint_citations.rewrite(old, "x.py") == new
+    assert repoint_citations.rewrite(new, "x.py") == new
