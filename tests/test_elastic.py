@@ -5,7 +5,11 @@ the uninterrupted run (plan level, and through the real loader reading shards wi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from shard_fixtures import write_split
@@ -121,3 +125,45 @@ def test_loader_elastic_resume_exactly_once(split, tokenizer, w0, k0, w1, k1):
     )
     assert keys == Counter(s.key for s in specs)
     assert after[0]["elastic"] == [{"world_size": w0, "workers": k0, "batch_size": G // w0, "batches": stop}]
+
+
+# -- real gloo processes --------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "elastic_worker.py"
+
+
+def _torchrun(nproc: int, root: str, out: Path, stop: int, state: Path | None = None) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(WORKER), root, str(out), str(stop)] + ([str(state)] if state else [])  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("w0", "w1"), [(2, 1), (1, 2)])
+def test_gloo_elastic_resume(split, tmp_path, w0, w1):
+    root, specs = split
+    full = _torchrun(w0, root, tmp_path / "full", 0)
+    head = _torchrun(w0, root, tmp_path / "head", 2)
+    state = tmp_path / "state.json"
+    state.write_text(
+        json.dumps(head[0]["state"])
+    )  # what a checkpoint stores (rank 0's; all ranks agree on batches)
+    assert {json.dumps({k: v for k, v in h["state"].items() if k != "rank"}) for h in head} == {
+        json.dumps({k: v for k, v in head[0]["state"].items() if k != "rank"})
+    }
+    tail = _torchrun(w1, root, tmp_path / "tail", 0, state)
+    assert len({len(t["keys"]) for t in tail}) == 1  # equal batch counts on every rank
+    assert head[0]["steps"] + tail[0]["steps"] == full[0]["steps"]  # same ids per global step
+    keys = Counter(
+        k
+        for part in (head, tail)
+        for rec in part
+        for k, p in zip(rec["keys"], rec["pads"], strict=True)
+        if not p
+    )
+    assert keys == Counter(s.key for s in specs)
