@@ -40,6 +40,7 @@ __all__ = [
     "make_plan",
     "mix_seed",
     "worker_batches_consumed",
+    "elastic_plan",
 ]
 
 CAPTION_MODES = ("random", "all", "first")
@@ -114,6 +115,8 @@ class EpochPlan:
     slots: tuple[tuple[tuple[Segment, ...], ...], ...]  # [rank][worker] -> segments in read order
     _unit_starts: tuple[tuple[int, ...], ...]  # per shard: unit offset of each sample ([n+1] cumulative)
     _shard_offsets: tuple[int, ...]  # per shard: global id of its first unit
+    # [rank][worker] -> output order of slot_units, when not the shuffle buffer's (elastic plans, see elastic_plan)
+    _orders: tuple[tuple[tuple[int, ...], ...], ...] | None = None
 
     # -- sizes ---------------------------------------------------------------------------------------------
     def worker_num_batches(self, worker: int) -> int:
@@ -152,6 +155,8 @@ class EpochPlan:
         ``b <= 1`` is the identity.
         """
         self._check_slot(rank, worker)
+        if self._orders is not None:
+            return list(self._orders[rank][worker])
         n = sum(s.stop - s.start for s in self.slots[rank][worker])
         b = self.shuffle_buffer
         if b <= 1:
@@ -298,4 +303,66 @@ def make_plan(
         slots=tuple(slots),
         _unit_starts=tuple(unit_starts),
         _shard_offsets=offsets,
+    )
+
+
+def elastic_plan(base: EpochPlan, consumed: int, *, world_size: int, workers: int) -> EpochPlan:
+    """The rest of ``base``'s epoch after ``consumed`` global steps, laid out for ``world_size`` ranks with
+    ``workers`` workers each, such that every global step keeps exactly the units it has in ``base``.
+
+    Rule. The global batch ``G = base.batch_size * base.world_size`` is preserved: the new per-rank batch is
+    ``B' = G / world_size`` (``ValueError`` when ``world_size`` does not divide ``G``: then no layout can keep the
+    global steps). Global step ``j >= consumed`` of ``base`` is the concatenation over old ranks of their batch
+    ``j``; in the new plan rank ``r`` gets rows ``[r B', (r+1) B')`` of it as its batch ``j``. So the remaining
+    real units are delivered exactly once (the pad repeats of ``base`` stay where they were), every rank has
+    ``base.batches_per_rank`` batches (the first ``consumed`` are placeholders never read: the loader resumes at
+    ``consumed``), and a trainer that gathers the global batch sees the same sample ids per step as an
+    uninterrupted run. Batch ``j`` of a rank is owned by worker ``j mod workers`` (the DataLoader's round robin).
+    Within a batch, units are read in (shard, sample) order and emitted in the batch's order (``slot_order``).
+    """
+    g = base.batch_size * base.world_size
+    if world_size < 1 or workers < 1:
+        raise ValueError(f"world_size ({world_size}) and workers ({workers}) must be >= 1")
+    if g % world_size:
+        raise ValueError(
+            f"cannot resume a global batch of {g} ({base.world_size} ranks x {base.batch_size}) on {world_size} "
+            f"ranks: {world_size} does not divide {g} (the global batch must be preserved)"
+        )
+    nb = base.batches_per_rank
+    if not 0 <= consumed <= nb:
+        raise ValueError(f"consumed {consumed} global steps, the epoch has {nb}")
+    bs = g // world_size
+    old = [base.rank_batches(r) for r in range(base.world_size)]
+    offsets = base._shard_offsets
+    placeholder: Unit = old[0][0][0]
+    slots: list[list[list[Segment]]] = [[[] for _ in range(workers)] for _ in range(world_size)]
+    orders: list[list[list[int]]] = [[[] for _ in range(workers)] for _ in range(world_size)]
+    for j in range(nb):
+        step = [u for r in range(base.world_size) for u in old[r][j]] if j >= consumed else None
+        for r in range(world_size):
+            rows = step[r * bs : (r + 1) * bs] if step is not None else [placeholder._replace(pad=True)] * bs
+            read = sorted(range(bs), key=lambda i: (rows[i].shard, rows[i].sample, rows[i].caption))
+            slot, order = slots[r][j % workers], orders[r][j % workers]
+            base_idx = len(order)
+            pos = {i: base_idx + k for k, i in enumerate(read)}
+            for i in read:
+                u = rows[i]
+                c = u.uid - offsets[u.shard]
+                slot.append(Segment(u.shard, c, c + 1, u.pad))
+            order.extend(pos[i] for i in range(bs))
+    return EpochPlan(
+        seed=base.seed,
+        epoch=base.epoch,
+        world_size=world_size,
+        workers=workers,
+        batch_size=bs,
+        caption_mode=base.caption_mode,
+        shuffle_buffer=base.shuffle_buffer,
+        num_units=base.num_units,
+        batches_per_rank=nb,
+        shard_order=base.shard_order,
+        slots=tuple(tuple(tuple(s) for s in rank) for rank in slots),
+        _unit_starts=base._unit_starts,
+        _shard_offsets=offsets,
+        _orders=tuple(tuple(tuple(o) for o in rank) for rank in orders),
     )

@@ -67,7 +67,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import fs as sfs
 from shards.errors import ERROR_KINDS, ErrorCounter, ShardDataError
-from shards.plan import CAPTION_MODES, EpochPlan, Unit, make_plan, mix_seed, worker_batches_consumed
+from shards.plan import (
+    CAPTION_MODES,
+    EpochPlan,
+    Unit,
+    elastic_plan,
+    make_plan,
+    mix_seed,
+    worker_batches_consumed,
+)
 from shards.retry import ShardUnavailableError
 from shards.s3 import DEFAULT_BLOCK_SIZE, open_shard, read_remote_bytes, register_gopen, retry_count
 from shards.schema import CAPTIONS_FILE, SIZES_FILE, is_frame_member, stats_name
@@ -810,6 +818,9 @@ class ShardLoader:
         self._start = 0  # batch to resume from in the current epoch
         self._consumed = 0  # batches delivered in the current epoch
         self._plan: EpochPlan | None = None
+        # elastic resume: layouts the current epoch ran under before this one, oldest first, each
+        # {"world_size", "workers", "batch_size", "batches"} (batches: global steps done when it was left)
+        self._hops: list[dict[str, int]] = []
         self._stats: Counter[str] = Counter({k: 0 for k in ERROR_KINDS})
         self._pool = _BufferPool(cfg.output_buffers)
         self._idle_wires: _WireSet | None = None
@@ -819,21 +830,33 @@ class ShardLoader:
     def plan(self) -> EpochPlan:
         """The current epoch's plan (cached)."""
         if self._plan is None or self._plan.epoch != self.epoch:
-            c = self.cfg
-            self._plan = make_plan(
-                seed=c.seed,
-                epoch=self.epoch,
-                world_size=self.world_size,
-                workers=self.workers,
-                batch_size=c.batch_size,
-                shard_sizes=self.sizes,
-                caption_counts=self.caption_counts,
-                caption_mode=c.caption_mode,
-                shuffle=c.shuffle,
-                drop_last=c.drop_last,
-                shuffle_buffer=c.shuffle_buffer,
+            first = self._hops[0] if self._hops else None
+            plan = self._base_plan(
+                first["world_size"] if first else self.world_size,
+                first["workers"] if first else self.workers,
+                first["batch_size"] if first else self.cfg.batch_size,
             )
+            layouts = [*self._hops[1:], {"world_size": self.world_size, "workers": self.workers}]
+            for hop, nxt in zip(self._hops, layouts[: len(self._hops)], strict=True):
+                plan = elastic_plan(plan, hop["batches"], world_size=nxt["world_size"], workers=nxt["workers"])
+            self._plan = plan
         return self._plan
+
+    def _base_plan(self, world_size: int, workers: int, batch_size: int) -> EpochPlan:
+        c = self.cfg
+        return make_plan(
+            seed=c.seed,
+            epoch=self.epoch,
+            world_size=world_size,
+            workers=workers,
+            batch_size=batch_size,
+            shard_sizes=self.sizes,
+            caption_counts=self.caption_counts,
+            caption_mode=c.caption_mode,
+            shuffle=c.shuffle,
+            drop_last=c.drop_last,
+            shuffle_buffer=c.shuffle_buffer,
+        )
 
     def __len__(self) -> int:
         return self.plan().batches_per_rank
@@ -841,6 +864,8 @@ class ShardLoader:
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (new shard order, captions, buffer order) from its first batch."""
         self.epoch, self._start, self._consumed = int(epoch), 0, 0
+        if self._hops:  # an elastic epoch is over: later epochs use this loader's own layout
+            self._hops, self._plan = [], None
 
     def _dataloader(self, dataset: _EpochDataset) -> DataLoader:
         c = self.cfg
@@ -932,7 +957,9 @@ class ShardLoader:
         return dict(self._stats)
 
     def state_dict(self) -> dict[str, Any]:
-        """Resume state: the epoch and batches delivered by this rank, plus the layout it is valid for."""
+        """Resume state, JSON-safe (ints, strings, lists of dicts of ints): the epoch and batches delivered by this
+        rank (= global steps done, identical on every rank), the layout it was made with, and ``elastic``: the
+        earlier layouts of this epoch after an elastic resume (empty otherwise)."""
         plan = self.plan()
         return {
             "version": STATE_VERSION,
@@ -948,26 +975,46 @@ class ShardLoader:
             "seed": self.cfg.seed,
             "caption_mode": self.cfg.caption_mode,
             "num_units": plan.num_units,
+            "elastic": [dict(h) for h in self._hops],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (see :meth:`state_dict`); the layout must match this loader's."""
+        """Continue from ``state`` (see :meth:`state_dict`), also when it was saved with another world size or
+        worker count (elastic resume, :func:`shards.plan.elastic_plan`): then the rest of the interrupted epoch
+        keeps the saved run's global steps, which needs ``world_size * batch_size`` (the global batch) unchanged.
+        Seed, caption mode and the data (``num_units``) must match."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r} != {STATE_VERSION}")
         self.epoch = int(state["epoch"])
-        expect = {
-            "world_size": self.world_size,
-            "workers": self.workers,
-            "batch_size": self.cfg.batch_size,
-            "seed": self.cfg.seed,
-            "caption_mode": self.cfg.caption_mode,
-            "num_units": self.plan().num_units,
-        }
+        hops = [dict(h) for h in state.get("elastic", [])]
+        expect = {"seed": self.cfg.seed, "caption_mode": self.cfg.caption_mode}
         bad = {k: (state.get(k), v) for k, v in expect.items() if state.get(k) != v}
+        g_saved = int(state["batch_size"]) * int(state["world_size"])
+        g_now = self.cfg.batch_size * self.world_size
+        if g_saved != g_now:
+            bad["global batch (world_size x batch_size)"] = (g_saved, g_now)
         if bad:
             detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in bad.items())
             raise ValueError(f"cannot resume the loader with a different layout ({detail})")
         batches = int(state["batches"])
+        same = (int(state["world_size"]), int(state["workers"])) == (self.world_size, self.workers)
+        if not same and batches > 0:
+            hops.append(
+                {
+                    "world_size": int(state["world_size"]),
+                    "workers": int(state["workers"]),
+                    "batch_size": int(state["batch_size"]),
+                    "batches": batches,
+                }
+            )
+        self._hops, self._plan = hops, None
+        if self.plan().num_units != state.get("num_units"):
+            n = self.plan().num_units
+            self._hops, self._plan = [], None
+            raise ValueError(
+                f"cannot resume the loader with a different layout (num_units: saved {state.get('num_units')!r}"
+                f" vs now {n!r})"
+            )
         if not 0 <= batches <= len(self):
             raise ValueError(f"loader state has {batches} batches consumed, epoch has {len(self)}")
         self._start = self._consumed = batches

@@ -95,11 +95,12 @@ class FaultProxy:
                 if action:
                     self.faults[action] += 1
             if action == "503":
-                client.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: 95\r\n"
-                    b"Connection: close\r\n\r\n<?xml version='1.0'?><Error><Code>SlowDown</Code>"
-                    b"<Message>slow down</Message></Error>"
+                body = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>slow down</Message></Error>"
+                head = (
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
                 )
+                client.sendall(head if method == "HEAD" else head + body)  # a HEAD answer carries no body
                 return
             up = socket.create_connection(self.upstream, timeout=30)
             up.sendall(b"\r\n".join([lines[0], *headers, b"Connection: close"]) + b"\r\n\r\n" + rest)

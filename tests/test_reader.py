@@ -270,7 +270,7 @@ def test_state_with_other_layout_is_refused(split, tokenizer):
     root, _ = split
     loader = build_loader(_cfg(root), rank=0, world_size=2, tokenizer=tokenizer)
     state = loader.state_dict()
-    with pytest.raises(ValueError, match="world_size: saved 2 vs now 3"):
+    with pytest.raises(ValueError, match=r"global batch \(world_size x batch_size\): saved 8 vs now 12"):
         build_loader(_cfg(root), rank=0, world_size=3, state=state, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="version"):
         build_loader(_cfg(root), rank=0, world_size=2, state={**state, "version": 99}, tokenizer=tokenizer)
