@@ -270,8 +270,12 @@ def _warn_config_changes(cfg: TrainConfig, saved_path: str) -> None:
 
     if not os.path.exists(saved_path):
         return
-    with open(saved_path, encoding="utf-8") as f:
-        saved = _flatten(yaml.safe_load(f) or {})
+    try:
+        with open(saved_path, encoding="utf-8") as f:
+            saved = _flatten(yaml.safe_load(f) or {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        logger.warning("%s: unreadable (%s); config changes since the checkpoint are not listed", saved_path, e)
+        return
     now = _flatten(to_dict(cfg))
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
