@@ -288,3 +288,17 @@ def test_second_trainer_refused_and_ranks_die_with_their_launcher(one_proc_run, 
             proc.wait(30)
     reason = stale_reason(json.load(open(os.path.join(run, LOCK_FILE))), os.path.join(run, LOCK_FILE))
     assert reason is not None and reason.endswith("is gone")  # the next trainer takes the lock over
+
+
+def test_pad_rows_never_enter_the_loss(tmp_path):
+    """44 samples, global batch 8: the last batch carries 4 pad rows; they are dropped from the global batch
+    (the epoch's loss rows are the 44 samples, each once) and counted in ``pad``."""
+    root = write_dataset(str(tmp_path / "data"), n_train=44)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(tiny_config_text(root, str(tmp_path / "run")))
+    run_cli(["training.train", "--config", str(cfg), "eval.at_epoch_end=false", "loss.num_neighbors=2"])
+    recs = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    rows = [i for r in recs for i in r["sample_index"]]
+    assert sorted(rows) == list(range(44))  # no repeat entered the loss
+    assert sum(r["pad"] for r in recs) == 4 and len(recs) == 6
+    assert [len(r["sample_index"]) for r in recs] == [8 - r["pad"] for r in recs]

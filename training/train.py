@@ -114,6 +114,27 @@ def _gather_features(feats: Any) -> Any:
     )
 
 
+def _real_rows(batch: dict[str, Any]) -> torch.Tensor | None:
+    """Boolean mask [W B] of the global batch's real rows (``~is_pad`` gathered), ``None`` when none is a pad.
+
+    Pad rows (repeats of a sample, filling the last batch so every rank has the same count) are DROPPED from the
+    global batch before the losses and the bank: a repeat in a contrastive batch is a false negative of its
+    original and would count twice; masking would need every loss to take a mask, dropping needs none and keeps
+    the loss equal to the loss of the batch of real samples."""
+    from training.distributed import gather_nograd
+
+    if "is_pad" not in batch:
+        return None
+    real = gather_nograd((~batch["is_pad"].bool()).to(torch.uint8)).bool()
+    return None if bool(real.all()) else real
+
+
+def _select_rows(feats: Any, rows: torch.Tensor) -> Any:
+    from training.features import Features
+
+    return Features(**{f.name: getattr(feats, f.name)[rows] for f in dataclasses.fields(feats)})
+
+
 @torch.no_grad()
 def prefill_bank(bank: Any, model: torch.nn.Module, cfg: TrainConfig, accelerator: Any, epoch: int) -> int:
     """Epoch start: encode ``bank.prefill_batches`` batches of the training split (eval mode, no grad), gather
@@ -144,13 +165,15 @@ def prefill_bank(bank: Any, model: torch.nn.Module, cfg: TrainConfig, accelerato
             with accelerator.autocast():
                 t = model.encode_text(batch["text_ids"], batch["text_mask"])
                 v = model.encode_video(batch["frames"], batch["frame_mask"])
-            bank.prefill(
+            rows = _real_rows(batch)
+            parts = [
                 gather_nograd(t.float()),
                 gather_nograd(batch["text_mask"]),
                 gather_nograd(v.float()),
                 gather_nograd(batch["frame_mask"]),
                 gather_nograd(batch["sample_index"].long()),
-            )
+            ]
+            bank.prefill(*(p if rows is None else p[rows] for p in parts))
         del it
     finally:
         model.train(was_training)
@@ -274,7 +297,9 @@ def _warn_config_changes(cfg: TrainConfig, saved_path: str) -> None:
         with open(saved_path, encoding="utf-8") as f:
             saved = _flatten(yaml.safe_load(f) or {})
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        logger.warning("%s: unreadable (%s); config changes since the checkpoint are not listed", saved_path, e)
+        logger.warning(
+            "%s: unreadable (%s); config changes since the checkpoint are not listed", saved_path, e
+        )
         return
     now = _flatten(to_dict(cfg))
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -340,7 +365,8 @@ def _restore(
 
 def _train_step(model: Any, batch: dict[str, Any], ctx: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
     """Forward -> gather (global batch) -> losses -> backward -> clip -> optimiser/schedule step -> clamp ->
-    bank update. Returns ``(losses, grad_norm, gathered sample indices)``."""
+    bank update. Pad rows are dropped from the global batch (:func:`_real_rows`). Returns ``(losses, grad_norm,
+    sample indices of the global batch's real rows)``."""
     from training.distributed import gather_nograd
     from training.losses.head import compute_losses
 
@@ -350,6 +376,16 @@ def _train_step(model: Any, batch: dict[str, Any], ctx: dict[str, Any]) -> tuple
         with acc.autocast():
             feats = model(batch["frames"], batch["frame_mask"], batch["text_ids"], batch["text_mask"])
         gfeats = _gather_features(feats)
+        indices = gather_nograd(batch["sample_index"].long())
+        rows = _real_rows(batch)
+        if rows is not None:  # pad rows never enter the loss or the bank
+            gfeats, indices = _select_rows(gfeats, rows), indices[rows]
+            if int(rows.sum()) < cfg.loss.num_neighbors + 3:
+                raise ValueError(
+                    f"step {progress.step + 1}: the last batch of the epoch has {int(rows.sum())} real samples "
+                    f"(the rest padding), fewer than loss.num_neighbors + 3 = {cfg.loss.num_neighbors + 3}; "
+                    "set data.drop_last=true"
+                )
         losses = compute_losses(
             gfeats,
             text_weight=unwrapped.text_weight,
@@ -373,7 +409,6 @@ def _train_step(model: Any, batch: dict[str, Any], ctx: dict[str, Any]) -> tuple
         if acc.sync_gradients:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    indices = gather_nograd(batch["sample_index"].long())
     with torch.no_grad():
         unwrapped.clip.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
         if ctx["use_bank"]:
