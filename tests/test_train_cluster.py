@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -296,9 +297,43 @@ def test_pad_rows_never_enter_the_loss(tmp_path):
     root = write_dataset(str(tmp_path / "data"), n_train=44)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(tiny_config_text(root, str(tmp_path / "run")))
-    run_cli(["training.train", "--config", str(cfg), "eval.at_epoch_end=false", "loss.num_neighbors=2"])
+    proc = run_cli(
+        [
+            "training.train",
+            "--config",
+            str(cfg),
+            "eval.at_epoch_end=false",
+            "loss.num_neighbors=2",
+            "run.progress=true",  # not a tty: plain lines instead of the bar
+            "run.log_every_steps=3",
+        ]
+    )
+    err = proc.stderr
+    assert "\r" not in err and "it/s" not in err
+    assert re.search(
+        r"step 3/6 epoch 0 loss [0-9.]+ lr \S+ [0-9.]+ samples/s \([0-9.]+ per process\) data wait \d+% ETA 0:0",
+        err,
+    )
+    assert "step 6/6 epoch 0" in err
+    assert "training finished: 6 steps, 1 epochs, wall time 0:0" in err
+    assert "best           none (no validation)" in err
+    assert f"checkpoint     {tmp_path / 'run' / 'checkpoints' / 'step-00000006'}" in err
+    assert f"next           python -m training.score --run {tmp_path / 'run'} --split test" in err
     recs = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     rows = [i for r in recs for i in r["sample_index"]]
     assert sorted(rows) == list(range(44))  # no repeat entered the loss
     assert sum(r["pad"] for r in recs) == 4 and len(recs) == 6
     assert [len(r["sample_index"]) for r in recs] == [8 - r["pad"] for r in recs]
+
+
+@pytest.mark.slow
+def test_launcher_mixed_precision_conflict_is_an_error(one_proc_run, tmp_path):
+    cmd = _launch_cmd(one_proc_run["cfg"], str(tmp_path / "run"))
+    cmd[cmd.index("--mixed_precision") + 1] = "bf16"
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert (
+        "nr-train: accelerate launch --mixed_precision bf16 (or its config file's mixed_precision) conflicts "
+        "with run.mixed_precision=no of the run config" in proc.stderr
+    ), proc.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "run")  # refused before any work

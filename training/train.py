@@ -458,56 +458,83 @@ def _step_record(ctx: dict[str, Any], losses: dict[str, Any], grad_norm: Any, in
 
 
 def _log_step(ctx: dict[str, Any], record: dict[str, Any], bar: Any) -> None:
-    cfg, step = ctx["cfg"], record["step"]
+    """metrics.jsonl/TensorBoard every step; the tqdm bar (a tty) or, every ``run.log_every_steps``, one plain line
+    (no carriage return): loss, lr, samples/s per process and global, data-wait share and the run's ETA."""
+    cfg, step, clock = ctx["cfg"], record["step"], ctx["clock"]
     ctx["metrics_log"].log(record, tb=step % cfg.run.log_every_steps == 0)
+    clock["wait"] += record["data_wait_s"]
+    clock["busy"] += record["data_wait_s"] + record["compute_s"]
     if bar is not None:
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss/total']:.4f}", sps=f"{record['samples_per_s']:.1f}")
     elif step % cfg.run.log_every_steps == 0:
+        elapsed = time.perf_counter() - clock["t0"]
+        done = max(step - clock["step0"], 1)
+        eta = elapsed / done * max(clock["total"] - step, 0)
         logger.info(
-            "step %d epoch %d loss %.5f lr %.3g %.1f samples/s",
+            "step %d/%d epoch %d loss %.5f lr %.3g %.1f samples/s (%.1f per process) data wait %.0f%% ETA %s",
             step,
+            clock["total"],
             record["epoch"],
             record["loss/total"],
             record["lr"],
             record["samples_per_s"],
+            record["samples_per_s"] / ctx["accelerator"].num_processes,
+            100.0 * clock["wait"] / max(clock["busy"], 1e-9),
+            _hms(eta),
         )
 
 
-def _progress_bar(cfg: TrainConfig, accelerator: Any, steps_per_epoch: int, progress: Any) -> Any:
-    if not (cfg.run.progress and accelerator.is_main_process):
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _progress_bar(cfg: TrainConfig, accelerator: Any, total: int, progress: Any) -> Any:
+    """One tqdm bar over the whole run (run-level ETA) on a tty; ``None`` otherwise (plain log lines)."""
+    if not (cfg.run.progress and accelerator.is_main_process and sys.stderr.isatty()):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(
-        total=steps_per_epoch,
-        initial=progress.step_in_epoch,
-        desc=f"epoch {progress.epoch}",
-        dynamic_ncols=True,
+    return tqdm(total=total, initial=progress.step, desc="train", dynamic_ncols=True)
+
+
+def _final_report(cfg: TrainConfig, summary: dict[str, Any], wall_s: float) -> None:
+    """The end-of-run summary an operator reads: wall time, best metric and step, paths, the next command."""
+    run = cfg.run.out
+    from training.checkpoint import latest_checkpoint
+
+    best = (
+        f"{cfg.eval.select_metric} = {summary['best_metric']:.4f} at step {summary['best_step']} "
+        f"({os.path.join(run, 'best')})"
+        if summary["best_step"] >= 0
+        else "none (no validation)"
     )
+    state = "PREEMPTED (requeue with --resume auto)" if summary["preempted"] else "finished"
+    lines = [
+        f"training {state}: {summary['steps']} steps, {summary['epochs_done']} epochs, wall time {_hms(wall_s)}",
+        f"  last loss      {summary.get('loss/total', float('nan')):.5f}",
+        f"  best           {best}",
+        f"  checkpoint     {latest_checkpoint(run)}",
+        f"  metrics        {os.path.join(run, 'metrics.jsonl')} (log {os.path.join(run, 'train.log')})",
+        f"  next           python -m training.score --run {run} --split test --out {run}/test_scores.npz --metrics",
+    ]
+    logger.info("\n".join(lines))
 
 
-# ------------------------------------------------------------------------------------------------------------
-# the loop
-# ------------------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> dict[str, Any]:
-    """Train according to ``cfg``; returns a summary (steps, last losses, best metric, ``preempted``).
-    Collective call. ``resume``: ``auto``/``latest`` (newest complete checkpoint, or a fresh start) or a path."""
-    from accelerate.utils import set_seed
+_STATE = ("model", "optimizer", "scheduler", "progress", "bank")
 
+
+def _setup(cfg: TrainConfig, accelerator: Any) -> tuple[dict[str, Any], Any, Any, tuple[int, int, int]]:
+    """Model, optimiser, schedule (prepared), progress, bank and the epoch-0 loader (it tells the schedule its
+    length). Returns ``(state, loader, loader config, (batches per epoch, total batches, optimiser steps))``."""
     from shards.reader import build_loader
-    from training.checkpoint import TrainerProgress, resolve_resume, save_checkpoint
-    from training.logging_utils import MetricsLogger, truncate_metrics
+    from training.checkpoint import TrainerProgress
     from training.memory_bank import MemoryBank
     from training.optim import build_optimizer, build_scheduler
-    from training.preemption import PreemptionWatch
 
-    run_dir, world, rank = cfg.run.out, accelerator.num_processes, accelerator.process_index
-    set_seed(cfg.run.seed)
-
-    # -- model, optimiser, schedule (the loader only tells the schedule its length) -------------------------
+    world, rank = accelerator.num_processes, accelerator.process_index
     model = _build_model(cfg)
-    use_bank = cfg.bank.enabled and cfg.loss.kind == "neighborretr"
     optimizer = build_optimizer(model, cfg.optim)
     train_cfg = loader_config(cfg, cfg.data.train, purpose="train", world_size=world)
     loader = build_loader(train_cfg, rank=rank, world_size=world, epoch=0)
@@ -520,30 +547,58 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
     total_opt_steps = max(1, math.ceil(total_batches / cfg.optim.grad_accum))
     scheduler = build_scheduler(optimizer, total_opt_steps, cfg.optim.warmup)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-    progress = TrainerProgress()
     bank = MemoryBank(max(1, cfg.bank.resolved_capacity(cfg.data.batch_size)))
-    state = {
-        "model": model,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "progress": progress,
-        "bank": bank,
-    }
+    parts = (model, optimizer, scheduler, TrainerProgress(), bank)
+    return dict(zip(_STATE, parts)), loader, train_cfg, (steps_per_epoch, total_batches, total_opt_steps)
 
-    # -- resume (nothing unpickled; a fresh start when --resume auto finds no checkpoint) --------------------
-    loader_state, path = None, resolve_resume(resume, run_dir)
-    if path is not None:
-        loader_state = _restore(cfg, accelerator, path, **state)
-        if accelerator.is_main_process:
-            dropped = truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), progress.step)
-            logger.info(
-                "resuming at epoch %d, step %d (%d batches into the epoch); %d logged steps redone",
-                progress.epoch,
-                progress.step,
-                progress.step_in_epoch,
-                dropped,
-            )
+
+def _resume(cfg: TrainConfig, accelerator: Any, resume: str | None, state: dict[str, Any]) -> dict | None:
+    """``--resume``: restore ``state`` from the chosen checkpoint (nothing unpickled; ``auto``/``latest`` with no
+    checkpoint: a fresh start) and drop the metrics lines logged after it. Returns this rank's loader state."""
+    from training.checkpoint import resolve_resume
+    from training.logging_utils import truncate_metrics
+
+    path = resolve_resume(resume, cfg.run.out)
+    if path is None:
+        return None
+    loader_state = _restore(cfg, accelerator, path, **state)
+    progress = state["progress"]
+    if accelerator.is_main_process:
+        dropped = truncate_metrics(os.path.join(cfg.run.out, "metrics.jsonl"), progress.step)
+        logger.info(
+            "resuming at epoch %d, step %d (%d batches into the epoch); %d logged steps redone",
+            progress.epoch,
+            progress.step,
+            progress.step_in_epoch,
+            dropped,
+        )
+    return loader_state
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> dict[str, Any]:
+    """Train according to ``cfg``; returns a summary (steps, last losses, best metric, ``preempted``).
+    Collective call. ``resume``: ``auto``/``latest`` (newest complete checkpoint, or a fresh start) or a path."""
+    from accelerate.utils import set_seed
+
+    from shards.reader import build_loader
+    from training.checkpoint import save_checkpoint
+    from training.logging_utils import MetricsLogger
+    from training.preemption import PreemptionWatch
+
+    run_dir, world, rank = cfg.run.out, accelerator.num_processes, accelerator.process_index
+    set_seed(cfg.run.seed)
+
+    state, loader, train_cfg, sizes = _setup(cfg, accelerator)
+    model, optimizer, scheduler, progress, bank = (state[k] for k in _STATE)
+    unwrapped, use_bank = (
+        accelerator.unwrap_model(model),
+        cfg.bank.enabled and cfg.loss.kind == "neighborretr",
+    )
+    steps_per_epoch, total_batches, total_opt_steps = sizes
+    loader_state = _resume(cfg, accelerator, resume, state)
     if accelerator.is_main_process:
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
     metrics_log = MetricsLogger(run_dir, enabled=accelerator.is_main_process, tensorboard=cfg.run.tensorboard)
@@ -571,10 +626,17 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
         )
 
     ctx = {**state, "cfg": cfg, "accelerator": accelerator, "unwrapped": unwrapped, "use_bank": use_bank}
-    ctx.update(metrics_log=metrics_log)
+    clock = {
+        "t0": time.perf_counter(),
+        "step0": progress.step,
+        "total": total_batches,
+        "wait": 0.0,
+        "busy": 0.0,
+    }
+    ctx.update(metrics_log=metrics_log, clock=clock)
     last: dict[str, float] = {}
     stop = preempted = False
-    bar = None
+    bar = _progress_bar(cfg, accelerator, total_batches, progress)
     try:
         for epoch in range(progress.epoch, cfg.optim.epochs):
             progress.epoch = epoch
@@ -587,7 +649,6 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
             if progress.step_in_epoch == 0 and use_bank:
                 prefill_bank(bank, unwrapped, cfg, accelerator, epoch)
             model.train()
-            bar = _progress_bar(cfg, accelerator, steps_per_epoch, progress)
             t_last = time.perf_counter()
             for batch in loader:
                 t_data = time.perf_counter()
@@ -614,9 +675,6 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
                     stop = True
                     break
                 t_last = time.perf_counter()
-            if bar is not None:
-                bar.close()
-                bar = None
             if stop:
                 break
             # -- epoch end -----------------------------------------------------------------------------------
@@ -647,7 +705,8 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
     }
     if preempted:
         logger.warning("preempted (%s): checkpoint at step %d saved", preempt.signal_name, progress.step)
-    logger.info("training done: %s", summary)
+    if accelerator.is_main_process:
+        _final_report(cfg, summary, time.perf_counter() - clock["t0"])
     return summary
 
 
@@ -661,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(load_config(args.config, args.overrides))
         validate_config(cfg, world_size=world_size)
+        check_launcher_precision(cfg)
     except ConfigError as e:
         print(f"nr-train: {e}", file=sys.stderr)  # noqa: T201 - CLI output
         return 2
@@ -670,6 +730,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(cfg.run.log_level, rank=rank, log_file=os.path.join(cfg.run.out, "train.log"))
     return run_guarded(cfg, args.resume, rank=rank)
+
+
+def check_launcher_precision(cfg: TrainConfig) -> None:
+    """``accelerate launch --mixed_precision X`` (or its config file) exports ``ACCELERATE_MIXED_PRECISION``; the
+    trainer builds its Accelerator from ``run.mixed_precision``. A difference is a ConfigError naming both (the
+    run config is recorded in ``config.yaml``, so it must be the one used)."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher is not None and launcher != cfg.run.mixed_precision:
+        raise ConfigError(
+            f"accelerate launch --mixed_precision {launcher} (or its config file's mixed_precision) conflicts "
+            f"with run.mixed_precision={cfg.run.mixed_precision} of the run config; make them equal "
+            f"(e.g. add run.mixed_precision={launcher})"
+        )
 
 
 def run_guarded(cfg: TrainConfig, resume: str | None, *, rank: int) -> int:
