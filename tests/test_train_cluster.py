@@ -337,3 +337,22 @@ def test_launcher_mixed_precision_conflict_is_an_error(one_proc_run, tmp_path):
         "with run.mixed_precision=no of the run config" in proc.stderr
     ), proc.stderr[-3000:]
     assert not os.path.exists(tmp_path / "run")  # refused before any work
+
+
+def test_check_refuses_batch_over_dataset_and_missing_shard_and_warns_frames(tmp_path):
+    root = write_dataset(str(tmp_path / "data"))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(tiny_config_text(root, str(tmp_path / "run")))
+    base = ["training.train", "--config", str(cfg), "--check"]
+    big = run_cli([*base, "data.batch_size=64", "loss.num_neighbors=4"], check=False)
+    assert big.returncode == 2
+    assert f"data.batch_size: global batch 64 exceeds the 48 samples of {root}/train" in big.stderr
+    frames = run_cli([*base, "model.max_frames=8"], check=False)
+    assert frames.returncode == 0, frames.stderr[-2000:]
+    assert "model.max_frames=8 differs from the shards' num_frames=4" in frames.stderr
+    assert "zero-padded" in frames.stderr
+    os.remove(os.path.join(root, "train", "train-000002.tar"))
+    gone = run_cli(base, check=False)
+    assert gone.returncode == 2
+    assert "data.train: 1 shard(s) listed in sizes.json are missing: ['train-000002.tar']" in gone.stderr
+    assert "Traceback" not in gone.stderr + big.stderr

@@ -721,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(load_config(args.config, args.overrides))
         validate_config(cfg, world_size=world_size)
         check_launcher_precision(cfg)
+        for warning in check_train_data(cfg):
+            logger.warning("%s", warning)
     except ConfigError as e:
         print(f"nr-train: {e}", file=sys.stderr)  # noqa: T201 - CLI output
         return 2
@@ -730,6 +732,51 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(cfg.run.log_level, rank=rank, log_file=os.path.join(cfg.run.out, "train.log"))
     return run_guarded(cfg, args.resume, rank=rank)
+
+
+def check_train_data(cfg: TrainConfig) -> list[str]:
+    """Checks of the training split against the config, for ``--check`` and every start (reads ``sizes.json``,
+    the folder listing and the first sample of the first shard). ConfigError when the global batch exceeds the
+    split's samples or a shard listed in ``sizes.json`` is missing; returns warnings (``model.max_frames`` differs
+    from the shards' ``num_frames``)."""
+    import json
+
+    from shards import fs as sfs
+    from shards.index import _first_sample_settings, list_shards
+
+    url = split_url(cfg.data, cfg.data.train)
+    try:
+        sizes = json.loads(sfs.read_bytes(sfs.join(url, "sizes.json"), cfg.data.storage))
+        present = set(list_shards(url, cfg.data.storage)[0])
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.train: cannot read {sfs.join(url, 'sizes.json')}: {e}") from e
+    missing = sorted(set(sizes) - present)
+    total = sum(int(n) for n in sizes.values())
+    errors = []
+    if missing:
+        errors.append(
+            f"data.train: {len(missing)} shard(s) listed in sizes.json are missing: {missing[:5]} ({url})"
+        )
+    if cfg.data.batch_size > total:
+        errors.append(
+            f"data.batch_size: global batch {cfg.data.batch_size} exceeds the {total} samples of {url}"
+        )
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    warnings = []
+    if present:
+        first = sfs.join(url, sorted(present)[0])
+        frames = _first_sample_settings(first, cfg.data.storage).get("num_frames")
+        if frames is not None and frames != cfg.model.max_frames:
+            warnings.append(
+                f"model.max_frames={cfg.model.max_frames} differs from the shards' num_frames={frames} ({first}): "
+                + (
+                    "clips are zero-padded (frame_mask 0)"
+                    if frames < cfg.model.max_frames
+                    else "frames are subsampled"
+                )
+            )
+    return warnings
 
 
 def check_launcher_precision(cfg: TrainConfig) -> None:
