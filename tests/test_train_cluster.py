@@ -356,3 +356,24 @@ def test_check_refuses_batch_over_dataset_and_missing_shard_and_warns_frames(tmp
     assert gone.returncode == 2
     assert "data.train: 1 shard(s) listed in sizes.json are missing: ['train-000002.tar']" in gone.stderr
     assert "Traceback" not in gone.stderr + big.stderr
+
+
+def test_changed_lr_on_resume_is_applied_and_recorded(one_proc_run):
+    out = one_proc_run["out"]
+    run = str(one_proc_run["base"] / "newlr")
+    shutil.copytree(out, run)
+    shutil.rmtree(os.path.join(run, "checkpoints", "step-00000004"))
+    args = [*one_proc_run["args"], "optim.lr=1.0e-2"]
+    proc = run_cli(
+        ["training.train", "--config", one_proc_run["cfg"], f"run.out={run}", "--resume", "auto", *args]
+    )
+    msg = next(ln for ln in proc.stderr.splitlines() if "optim.lr changed on resume" in ln)
+    assert (
+        "schedule base rates ['0.002'" in msg and "-> ['0.01'" in msg and msg.endswith("applied from step 2")
+    )
+    a = {r["step"]: r["lr"] for r in read_metrics(os.path.join(out, "metrics.jsonl"))}
+    b = {r["step"]: r["lr"] for r in read_metrics(os.path.join(run, "metrics.jsonl"))}
+    assert b[1] == a[1] and b[2] == a[2]  # before the checkpoint: the old run's lines
+    for step in (3, 4):  # the same schedule position, 5x the base rate
+        assert b[step] == pytest.approx(5 * a[step], rel=1e-12)
+    assert "lr: 0.01" in open(os.path.join(run, "config.yaml")).read()
