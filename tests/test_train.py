@@ -170,40 +170,37 @@ def test_two_process_run_trains_validates_checkpoints(trained_run):
 
 
 @pytest.mark.slow
-def test_every_checkpoint_file_loads_weights_only(trained_run):
-    out = trained_run["out"]
-    files = [
-        f
-        for f in glob.glob(os.path.join(out, "checkpoints", "*", "*"))
-        + glob.glob(os.path.join(out, "best", "*"))
-        if not f.endswith((".yaml", ".json"))
-    ]
-    names = {os.path.basename(f) for f in files}
-    assert {
+def test_every_checkpoint_file_loads_without_pickle(trained_run):
+    from safetensors.torch import load_file
+
+    ck = os.path.join(trained_run["out"], "checkpoints", "step-00000010")
+    names = set(os.listdir(ck))
+    assert names == {
         "pytorch_model.bin",
-        "optimizer.bin",
-        "scheduler.bin",
-        "random_states_0.pkl",
-        "random_states_1.pkl",
-        "custom_checkpoint_0.pkl",
-        "custom_checkpoint_1.pkl",
-        "data_state_0.pt",
-        "data_state_1.pt",
-    } <= names
-    for f in files:
-        torch.load(
-            f, map_location="cpu", weights_only=True
-        )  # raises on anything but tensors/containers/numbers
-    progress = torch.load(
-        os.path.join(out, "checkpoints", "step-00000010", "custom_checkpoint_0.pkl"), weights_only=True
-    )
+        "optimizer.pt",
+        "scheduler.json",
+        "trainer.json",
+        "bank.safetensors",
+        "rng_0.safetensors",
+        "rng_1.safetensors",
+        "data_state_0.json",
+        "data_state_1.json",
+        "config.yaml",
+        "manifest.json",
+    }
+    manifest = json.load(open(os.path.join(ck, "manifest.json")))
+    assert manifest["format"] == 2 and manifest["step"] == 10 and manifest["world_size"] == 2
+    assert manifest["files"] == {n: os.path.getsize(os.path.join(ck, n)) for n in names - {"manifest.json"}}
+    for f in glob.glob(os.path.join(ck, "*.pt")) + glob.glob(os.path.join(ck, "*.bin")):
+        torch.load(f, map_location="cpu", weights_only=True)  # raises on anything but tensors/containers
+    torch.load(os.path.join(trained_run["out"], "best", "pytorch_model.bin"), weights_only=True)
+    progress = json.load(open(os.path.join(ck, "trainer.json")))["progress"]
     assert progress["step"] == 10 and progress["epoch"] == 1 and progress["step_in_epoch"] == 4
-    data = torch.load(os.path.join(out, "checkpoints", "step-00000010", "data_state_1.pt"), weights_only=True)
+    data = json.load(open(os.path.join(ck, "data_state_1.json")))
     assert data["batches"] == 4 and data["epoch"] == 1 and data["rank"] == 1
-    bank = torch.load(
-        os.path.join(out, "checkpoints", "step-00000010", "custom_checkpoint_1.pkl"), weights_only=True
-    )
-    assert bank["text_tokens"].shape[0] == 16
+    assert load_file(os.path.join(ck, "bank.safetensors"))["text_tokens"].shape[0] == 16
+    rng = load_file(os.path.join(ck, "rng_0.safetensors"))
+    assert rng["torch_cpu"].dtype == torch.uint8 and rng["numpy_keys"].shape == (624,)
 
 
 @pytest.mark.slow

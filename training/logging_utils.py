@@ -155,15 +155,14 @@ def read_metrics(path: str, event: str | None = "train") -> list[dict[str, Any]]
 
 
 def truncate_metrics(path: str, last_step: int) -> int:
-    """Drop records with ``step > last_step`` (a resumed run re-logs them) and a cut-off last line; returns the
-    number of lines dropped."""
+    """Drop records with ``step > last_step`` (a resumed run re-logs them) and a cut-off last line (warned);
+    returns the number of complete records dropped."""
     if not os.path.exists(path):
         return 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        total = sum(1 for ln in f if ln.strip())
-    keep = [ln for ln, rec in _parse_lines(path) if rec.get("step", 0) <= last_step]
+    records = _parse_lines(path)
+    keep = [ln for ln, rec in records if rec.get("step", 0) <= last_step]
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(keep)
     os.replace(tmp, path)
-    return total - len(keep)
+    return len(records) - len(keep)

@@ -123,6 +123,27 @@ def _gather_features(feats: Any) -> Any:
     )
 
 
+def _real_rows(batch: dict[str, Any]) -> torch.Tensor | None:
+    """Boolean mask [W B] of the global batch's real rows (``~is_pad`` gathered), ``None`` when none is a pad.
+
+    Pad rows (repeats of a sample, filling the last batch so every rank has the same count) are DROPPED from the
+    global batch before the losses and the bank: a repeat in a contrastive batch is a false negative of its
+    original and would count twice; masking would need every loss to take a mask, dropping needs none and keeps
+    the loss equal to the loss of the batch of real samples."""
+    from training.distributed import gather_nograd
+
+    if "is_pad" not in batch:
+        return None
+    real = gather_nograd((~batch["is_pad"].bool()).to(torch.uint8)).bool()
+    return None if bool(real.all()) else real
+
+
+def _select_rows(feats: Any, rows: torch.Tensor) -> Any:
+    from training.features import Features
+
+    return Features(**{f.name: getattr(feats, f.name)[rows] for f in dataclasses.fields(feats)})
+
+
 @torch.no_grad()
 def prefill_bank(bank: Any, model: torch.nn.Module, cfg: TrainConfig, accelerator: Any, epoch: int) -> int:
     """Epoch start: encode ``bank.prefill_batches`` batches of the training split (eval mode, no grad), gather
@@ -153,13 +174,15 @@ def prefill_bank(bank: Any, model: torch.nn.Module, cfg: TrainConfig, accelerato
             with accelerator.autocast():
                 t = model.encode_text(batch["text_ids"], batch["text_mask"])
                 v = model.encode_video(batch["frames"], batch["frame_mask"])
-            bank.prefill(
+            rows = _real_rows(batch)
+            parts = [
                 gather_nograd(t.float()),
                 gather_nograd(batch["text_mask"]),
                 gather_nograd(v.float()),
                 gather_nograd(batch["frame_mask"]),
                 gather_nograd(batch["sample_index"].long()),
-            )
+            ]
+            bank.prefill(*(p if rows is None else p[rows] for p in parts))
         del it
     finally:
         model.train(was_training)
@@ -279,8 +302,14 @@ def _warn_config_changes(cfg: TrainConfig, saved_path: str) -> None:
 
     if not os.path.exists(saved_path):
         return
-    with open(saved_path, encoding="utf-8") as f:
-        saved = _flatten(yaml.safe_load(f) or {})
+    try:
+        with open(saved_path, encoding="utf-8") as f:
+            saved = _flatten(yaml.safe_load(f) or {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        logger.warning(
+            "%s: unreadable (%s); config changes since the checkpoint are not listed", saved_path, e
+        )
+        return
     now = _flatten(to_dict(cfg))
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
@@ -345,7 +374,8 @@ def _restore(
 
 def _train_step(model: Any, batch: dict[str, Any], ctx: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
     """Forward -> gather (global batch) -> losses -> backward -> clip -> optimiser/schedule step -> clamp ->
-    bank update. Returns ``(losses, grad_norm, gathered sample indices)``."""
+    bank update. Pad rows are dropped from the global batch (:func:`_real_rows`). Returns ``(losses, grad_norm,
+    sample indices of the global batch's real rows)``."""
     from training.distributed import gather_nograd
     from training.losses.head import compute_losses
 
@@ -355,6 +385,16 @@ def _train_step(model: Any, batch: dict[str, Any], ctx: dict[str, Any]) -> tuple
         with acc.autocast():
             feats = model(batch["frames"], batch["frame_mask"], batch["text_ids"], batch["text_mask"])
         gfeats = _gather_features(feats)
+        indices = gather_nograd(batch["sample_index"].long())
+        rows = _real_rows(batch)
+        if rows is not None:  # pad rows never enter the loss or the bank
+            gfeats, indices = _select_rows(gfeats, rows), indices[rows]
+            if int(rows.sum()) < cfg.loss.num_neighbors + 3:
+                raise ValueError(
+                    f"step {progress.step + 1}: the last batch of the epoch has {int(rows.sum())} real samples "
+                    f"(the rest padding), fewer than loss.num_neighbors + 3 = {cfg.loss.num_neighbors + 3}; "
+                    "set data.drop_last=true"
+                )
         losses = compute_losses(
             gfeats,
             text_weight=unwrapped.text_weight,
@@ -378,7 +418,6 @@ def _train_step(model: Any, batch: dict[str, Any], ctx: dict[str, Any]) -> tuple
         if acc.sync_gradients:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    indices = gather_nograd(batch["sample_index"].long())
     with torch.no_grad():
         unwrapped.clip.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
         if ctx["use_bank"]:
@@ -428,56 +467,83 @@ def _step_record(ctx: dict[str, Any], losses: dict[str, Any], grad_norm: Any, in
 
 
 def _log_step(ctx: dict[str, Any], record: dict[str, Any], bar: Any) -> None:
-    cfg, step = ctx["cfg"], record["step"]
+    """metrics.jsonl/TensorBoard every step; the tqdm bar (a tty) or, every ``run.log_every_steps``, one plain line
+    (no carriage return): loss, lr, samples/s per process and global, data-wait share and the run's ETA."""
+    cfg, step, clock = ctx["cfg"], record["step"], ctx["clock"]
     ctx["metrics_log"].log(record, tb=step % cfg.run.log_every_steps == 0)
+    clock["wait"] += record["data_wait_s"]
+    clock["busy"] += record["data_wait_s"] + record["compute_s"]
     if bar is not None:
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss/total']:.4f}", sps=f"{record['samples_per_s']:.1f}")
     elif step % cfg.run.log_every_steps == 0:
+        elapsed = time.perf_counter() - clock["t0"]
+        done = max(step - clock["step0"], 1)
+        eta = elapsed / done * max(clock["total"] - step, 0)
         logger.info(
-            "step %d epoch %d loss %.5f lr %.3g %.1f samples/s",
+            "step %d/%d epoch %d loss %.5f lr %.3g %.1f samples/s (%.1f per process) data wait %.0f%% ETA %s",
             step,
+            clock["total"],
             record["epoch"],
             record["loss/total"],
             record["lr"],
             record["samples_per_s"],
+            record["samples_per_s"] / ctx["accelerator"].num_processes,
+            100.0 * clock["wait"] / max(clock["busy"], 1e-9),
+            _hms(eta),
         )
 
 
-def _progress_bar(cfg: TrainConfig, accelerator: Any, steps_per_epoch: int, progress: Any) -> Any:
-    if not (cfg.run.progress and accelerator.is_main_process):
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _progress_bar(cfg: TrainConfig, accelerator: Any, total: int, progress: Any) -> Any:
+    """One tqdm bar over the whole run (run-level ETA) on a tty; ``None`` otherwise (plain log lines)."""
+    if not (cfg.run.progress and accelerator.is_main_process and sys.stderr.isatty()):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(
-        total=steps_per_epoch,
-        initial=progress.step_in_epoch,
-        desc=f"epoch {progress.epoch}",
-        dynamic_ncols=True,
+    return tqdm(total=total, initial=progress.step, desc="train", dynamic_ncols=True)
+
+
+def _final_report(cfg: TrainConfig, summary: dict[str, Any], wall_s: float) -> None:
+    """The end-of-run summary an operator reads: wall time, best metric and step, paths, the next command."""
+    run = cfg.run.out
+    from training.checkpoint import latest_checkpoint
+
+    best = (
+        f"{cfg.eval.select_metric} = {summary['best_metric']:.4f} at step {summary['best_step']} "
+        f"({os.path.join(run, 'best')})"
+        if summary["best_step"] >= 0
+        else "none (no validation)"
     )
+    state = "PREEMPTED (requeue with --resume auto)" if summary["preempted"] else "finished"
+    lines = [
+        f"training {state}: {summary['steps']} steps, {summary['epochs_done']} epochs, wall time {_hms(wall_s)}",
+        f"  last loss      {summary.get('loss/total', float('nan')):.5f}",
+        f"  best           {best}",
+        f"  checkpoint     {latest_checkpoint(run)}",
+        f"  metrics        {os.path.join(run, 'metrics.jsonl')} (log {os.path.join(run, 'train.log')})",
+        f"  next           python -m training.score --run {run} --split test --out {run}/test_scores.npz --metrics",
+    ]
+    logger.info("\n".join(lines))
 
 
-# ------------------------------------------------------------------------------------------------------------
-# the loop
-# ------------------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> dict[str, Any]:
-    """Train according to ``cfg``; returns a summary (steps, last losses, best metric, ``preempted``).
-    Collective call. ``resume``: ``auto``/``latest`` (newest complete checkpoint, or a fresh start) or a path."""
-    from accelerate.utils import set_seed
+_STATE = ("model", "optimizer", "scheduler", "progress", "bank")
 
+
+def _setup(cfg: TrainConfig, accelerator: Any) -> tuple[dict[str, Any], Any, Any, tuple[int, int, int]]:
+    """Model, optimiser, schedule (prepared), progress, bank and the epoch-0 loader (it tells the schedule its
+    length). Returns ``(state, loader, loader config, (batches per epoch, total batches, optimiser steps))``."""
     from shards.reader import build_loader
-    from training.checkpoint import TrainerProgress, resolve_resume, save_checkpoint
-    from training.logging_utils import MetricsLogger, truncate_metrics
+    from training.checkpoint import TrainerProgress
     from training.memory_bank import MemoryBank
     from training.optim import build_optimizer, build_scheduler
-    from training.preemption import PreemptionWatch
 
-    run_dir, world, rank = cfg.run.out, accelerator.num_processes, accelerator.process_index
-    set_seed(cfg.run.seed)
-
-    # -- model, optimiser, schedule (the loader only tells the schedule its length) -------------------------
+    world, rank = accelerator.num_processes, accelerator.process_index
     model = _build_model(cfg)
-    use_bank = cfg.bank.enabled and cfg.loss.kind == "neighborretr"
     optimizer = build_optimizer(model, cfg.optim)
     train_cfg = loader_config(cfg, cfg.data.train, purpose="train", world_size=world)
     loader = build_loader(train_cfg, rank=rank, world_size=world, epoch=0)
@@ -490,30 +556,58 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
     total_opt_steps = max(1, math.ceil(total_batches / cfg.optim.grad_accum))
     scheduler = build_scheduler(optimizer, total_opt_steps, cfg.optim.warmup)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-    progress = TrainerProgress()
     bank = MemoryBank(max(1, cfg.bank.resolved_capacity(cfg.data.batch_size)))
-    state = {
-        "model": model,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "progress": progress,
-        "bank": bank,
-    }
+    parts = (model, optimizer, scheduler, TrainerProgress(), bank)
+    return dict(zip(_STATE, parts)), loader, train_cfg, (steps_per_epoch, total_batches, total_opt_steps)
 
-    # -- resume (nothing unpickled; a fresh start when --resume auto finds no checkpoint) --------------------
-    loader_state, path = None, resolve_resume(resume, run_dir)
-    if path is not None:
-        loader_state = _restore(cfg, accelerator, path, **state)
-        if accelerator.is_main_process:
-            dropped = truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), progress.step)
-            logger.info(
-                "resuming at epoch %d, step %d (%d batches into the epoch); %d logged steps redone",
-                progress.epoch,
-                progress.step,
-                progress.step_in_epoch,
-                dropped,
-            )
+
+def _resume(cfg: TrainConfig, accelerator: Any, resume: str | None, state: dict[str, Any]) -> dict | None:
+    """``--resume``: restore ``state`` from the chosen checkpoint (nothing unpickled; ``auto``/``latest`` with no
+    checkpoint: a fresh start) and drop the metrics lines logged after it. Returns this rank's loader state."""
+    from training.checkpoint import resolve_resume
+    from training.logging_utils import truncate_metrics
+
+    path = resolve_resume(resume, cfg.run.out)
+    if path is None:
+        return None
+    loader_state = _restore(cfg, accelerator, path, **state)
+    progress = state["progress"]
+    if accelerator.is_main_process:
+        dropped = truncate_metrics(os.path.join(cfg.run.out, "metrics.jsonl"), progress.step)
+        logger.info(
+            "resuming at epoch %d, step %d (%d batches into the epoch); %d logged steps redone",
+            progress.epoch,
+            progress.step,
+            progress.step_in_epoch,
+            dropped,
+        )
+    return loader_state
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> dict[str, Any]:
+    """Train according to ``cfg``; returns a summary (steps, last losses, best metric, ``preempted``).
+    Collective call. ``resume``: ``auto``/``latest`` (newest complete checkpoint, or a fresh start) or a path."""
+    from accelerate.utils import set_seed
+
+    from shards.reader import build_loader
+    from training.checkpoint import save_checkpoint
+    from training.logging_utils import MetricsLogger
+    from training.preemption import PreemptionWatch
+
+    run_dir, world, rank = cfg.run.out, accelerator.num_processes, accelerator.process_index
+    set_seed(cfg.run.seed)
+
+    state, loader, train_cfg, sizes = _setup(cfg, accelerator)
+    model, optimizer, scheduler, progress, bank = (state[k] for k in _STATE)
+    unwrapped, use_bank = (
+        accelerator.unwrap_model(model),
+        cfg.bank.enabled and cfg.loss.kind == "neighborretr",
+    )
+    steps_per_epoch, total_batches, total_opt_steps = sizes
+    loader_state = _resume(cfg, accelerator, resume, state)
     if accelerator.is_main_process:
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
     metrics_log = MetricsLogger(run_dir, enabled=accelerator.is_main_process, tensorboard=cfg.run.tensorboard)
@@ -541,10 +635,17 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
         )
 
     ctx = {**state, "cfg": cfg, "accelerator": accelerator, "unwrapped": unwrapped, "use_bank": use_bank}
-    ctx.update(metrics_log=metrics_log)
+    clock = {
+        "t0": time.perf_counter(),
+        "step0": progress.step,
+        "total": total_batches,
+        "wait": 0.0,
+        "busy": 0.0,
+    }
+    ctx.update(metrics_log=metrics_log, clock=clock)
     last: dict[str, float] = {}
     stop = preempted = False
-    bar = None
+    bar = _progress_bar(cfg, accelerator, total_batches, progress)
     try:
         for epoch in range(progress.epoch, cfg.optim.epochs):
             progress.epoch = epoch
@@ -557,7 +658,6 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
             if progress.step_in_epoch == 0 and use_bank:
                 prefill_bank(bank, unwrapped, cfg, accelerator, epoch)
             model.train()
-            bar = _progress_bar(cfg, accelerator, steps_per_epoch, progress)
             t_last = time.perf_counter()
             for batch in loader:
                 t_data = time.perf_counter()
@@ -584,9 +684,6 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
                     stop = True
                     break
                 t_last = time.perf_counter()
-            if bar is not None:
-                bar.close()
-                bar = None
             if stop:
                 break
             # -- epoch end -----------------------------------------------------------------------------------
@@ -617,12 +714,13 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
     }
     if preempted:
         logger.warning("preempted (%s): checkpoint at step %d saved", preempt.signal_name, progress.step)
-    logger.info("training done: %s", summary)
+    if accelerator.is_main_process:
+        _final_report(cfg, summary, time.perf_counter() - clock["t0"])
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.checkpoint import resolve_resume
+    from training.checkpoint import CheckpointError, resolve_resume
     from training.logging_utils import setup_logging
 
     rank = int(os.environ.get("RANK", "0"))
@@ -631,9 +729,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, args = parse_args(argv)
         validate_config(cfg, world_size=world_size)
+        check_launcher_precision(cfg)
         if args.resume:  # a bad path fails here, before the accelerator and the model are built
             resolve_resume(args.resume, cfg.run.out)
-    except (ConfigError, FileNotFoundError) as e:
+        for warning in check_train_data(cfg):
+            logger.warning("%s", warning)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
         return nrconfig.cli_error(PROG, e)
     if args.check:
         msg = f"nr-train: configuration OK ({args.config or 'defaults'}, world size {world_size})"
@@ -641,6 +742,64 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(cfg.run.log_level, rank=rank, log_file=os.path.join(cfg.run.out, "train.log"))
     return run_guarded(cfg, args.resume, rank=rank)
+
+
+def check_train_data(cfg: TrainConfig) -> list[str]:
+    """Checks of the training split against the config, for ``--check`` and every start (reads ``sizes.json``,
+    the folder listing and the first sample of the first shard). ConfigError when the global batch exceeds the
+    split's samples or a shard listed in ``sizes.json`` is missing; returns warnings (``model.max_frames`` differs
+    from the shards' ``num_frames``)."""
+    import json
+
+    from shards import fs as sfs
+    from shards.index import _first_sample_settings, list_shards
+
+    url = split_url(cfg.data, cfg.data.train)
+    try:
+        sizes = json.loads(sfs.read_bytes(sfs.join(url, "sizes.json"), cfg.data.storage))
+        present = set(list_shards(url, cfg.data.storage)[0])
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.train: cannot read {sfs.join(url, 'sizes.json')}: {e}") from e
+    missing = sorted(set(sizes) - present)
+    total = sum(int(n) for n in sizes.values())
+    errors = []
+    if missing:
+        errors.append(
+            f"data.train: {len(missing)} shard(s) listed in sizes.json are missing: {missing[:5]} ({url})"
+        )
+    if cfg.data.batch_size > total:
+        errors.append(
+            f"data.batch_size: global batch {cfg.data.batch_size} exceeds the {total} samples of {url}"
+        )
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    warnings = []
+    if present:
+        first = sfs.join(url, sorted(present)[0])
+        frames = _first_sample_settings(first, cfg.data.storage).get("num_frames")
+        if frames is not None and frames != cfg.model.max_frames:
+            warnings.append(
+                f"model.max_frames={cfg.model.max_frames} differs from the shards' num_frames={frames} ({first}): "
+                + (
+                    "clips are zero-padded (frame_mask 0)"
+                    if frames < cfg.model.max_frames
+                    else "frames are subsampled"
+                )
+            )
+    return warnings
+
+
+def check_launcher_precision(cfg: TrainConfig) -> None:
+    """``accelerate launch --mixed_precision X`` (or its config file) exports ``ACCELERATE_MIXED_PRECISION``; the
+    trainer builds its Accelerator from ``run.mixed_precision``. A difference is a ConfigError naming both (the
+    run config is recorded in ``config.yaml``, so it must be the one used)."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher is not None and launcher != cfg.run.mixed_precision:
+        raise ConfigError(
+            f"accelerate launch --mixed_precision {launcher} (or its config file's mixed_precision) conflicts "
+            f"with run.mixed_precision={cfg.run.mixed_precision} of the run config; make them equal "
+            f"(e.g. add run.mixed_precision={launcher})"
+        )
 
 
 def run_guarded(cfg: TrainConfig, resume: str | None, *, rank: int) -> int:
