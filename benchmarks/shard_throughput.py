@@ -12,7 +12,10 @@ frame decoded, the previous behaviour) for comparison: same pixels, more CPU.
 Reports videos/s per worker process by wall clock and by CPU time (user + sys of the worker process and its
 ffmpeg children, ``getrusage`` SELF + CHILDREN, warm-up clip excluded; decord runs one decoder thread), and
 ends with ``RESULT videos_per_s_per_core=<decord> ffmpeg_videos_per_s_per_core=<ffmpeg> ...`` (CPU time based:
-robust on a shared machine). Anchor: video2dataset's ~0.8 videos/s/core with processing.
+robust on a shared machine). Two more rows, same worker, product default ``decoder=decord``: ``gop2s`` (the
+same clips encoded with 2-second GOPs, ``-g 60``) and ``mixed`` (VFR mp4, rotated mp4, MPEG-TS with a start
+offset, XVID AVI with B-frames, cycled; the last three are routed to the ffmpeg path and need a decoding probe
+for TS / AVI). Anchor: video2dataset's ~0.8 videos/s/core with processing.
 
     python benchmarks/shard_throughput.py [--num-videos 12] [--seconds 10] [--frames 12] [--size 224]
 """
@@ -38,10 +41,12 @@ from preprocess.items import VideoItem  # noqa: E402
 from preprocess.job import make_sample  # noqa: E402
 
 
-def make_clips(folder: str, n: int, seconds: float) -> list[str]:
+def make_clips(folder: str, n: int, seconds: float, gop: int | None = None, tag: str = "clip") -> list[str]:
+    """``n`` 640x480 30 fps libx264 veryfast clips; ``gop`` frames per GOP (``-g``; default: x264's 250)."""
     paths = []
     for i in range(n):
-        p = os.path.join(folder, f"clip{i:03d}.mp4")
+        p = os.path.join(folder, f"{tag}{i:03d}.mp4")
+        gop_args = ["-g", str(gop), "-keyint_min", str(gop)] if gop else []
         subprocess.run(
             [
                 ffmpeg_binary(),
@@ -60,6 +65,7 @@ def make_clips(folder: str, n: int, seconds: float) -> list[str]:
                 "libx264",
                 "-preset",
                 "veryfast",
+                *gop_args,
                 "-pix_fmt",
                 "yuv420p",
                 p,
@@ -67,6 +73,28 @@ def make_clips(folder: str, n: int, seconds: float) -> list[str]:
             check=True,
             timeout=300,
         )
+        paths.append(p)
+    return paths
+
+
+def make_mixed(folder: str, n: int, seconds: float) -> list[str]:
+    """``n`` real-world-style clips cycling through VFR mp4, rotated mp4, MPEG-TS with a start offset and an XVID
+    AVI with B-frames (640x480, ``seconds`` long); the job routes the last three to the ffmpeg path."""
+    src = ["-f", "lavfi", "-i", f"testsrc2=size=640x480:rate=30:duration={seconds}"]
+    x264 = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
+    kinds = [
+        ("vfr.mp4", [*src, "-vf", "setpts='PTS+if(gt(N,100),9,0)+if(gt(N,200),15,0)'", "-fps_mode", "passthrough",
+                     *x264]),
+        ("rot.mp4", [*src, *x264, "-metadata:s:v:0", "rotate=90"]),
+        ("ts.ts", [*src, *x264, "-output_ts_offset", "1.48", "-f", "mpegts"]),
+        ("xvid.avi", [*src, "-c:v", "mpeg4", "-vtag", "XVID", "-bf", "2", "-q:v", "4"]),
+    ]
+    paths = []
+    for i in range(n):
+        name, args = kinds[i % len(kinds)]
+        p = os.path.join(folder, f"mixed{i:03d}_{name}")
+        cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args, p]
+        subprocess.run(cmd, check=True, timeout=300)
         paths.append(p)
     return paths
 
@@ -124,10 +152,15 @@ def main(argv: list[str] | None = None) -> int:
             f"load avg {os.getloadavg()[0]:.2f}; clips encoded with {ffmpeg_binary()}; "
             f"ffmpeg path decodes with {ffmpeg_decoder_binary()}"
         )
+        gop2s = make_clips(tmp, a.num_videos, a.seconds, gop=60, tag="gop2s")
+        mixed = make_mixed(tmp, a.num_videos, a.seconds)
         rows = {}
         for decoder in ("decord", "ffmpeg"):
             rows[decoder] = measure(paths, decoder, a.frames, a.size)
             rows[f"{decoder}-whole"] = measure(paths, decoder, a.frames, a.size, whole=True)
+        # the product default (decoder=decord, which routes TS / AVI / rotated files to ffmpeg) on the new sets
+        rows["gop2s"] = measure(gop2s, "decord", a.frames, a.size)
+        rows["mixed"] = measure(mixed, "decord", a.frames, a.size)
         load = os.getloadavg()[0]
     print(
         f"{'path':13} {'wall s':>8} {'cpu s':>8} {'videos/s (wall)':>16} {'videos/s/core (cpu)':>20} "
@@ -140,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     d, f, dx, fx = (a.num_videos / rows[k][1] for k in ("decord", "ffmpeg", "decord-whole", "ffmpeg-whole"))
     dw, fw = (a.num_videos / rows[k][0] for k in ("decord", "ffmpeg"))
+    g2, mx = (a.num_videos / rows[k][1] for k in ("gop2s", "mixed"))
     print(f"load avg at the end {load:.2f}")
     print(
-        f"RESULT videos_per_s_per_core={d:.2f} ffmpeg_videos_per_s_per_core={f:.2f} "
+        f"RESULT videos_per_s_per_core={d:.2f} gop2s_videos_per_s_per_core={g2:.2f} "
+        f"mixed_videos_per_s_per_core={mx:.2f} ffmpeg_videos_per_s_per_core={f:.2f} "
         f"wall_videos_per_s={dw:.2f} ffmpeg_wall_videos_per_s={fw:.2f} "
         f"whole_file_videos_per_s_per_core={dx:.2f} ffmpeg_whole_file_videos_per_s_per_core={fx:.2f}"
     )
