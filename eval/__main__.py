@@ -84,9 +84,10 @@ def _t2v_only(flat: dict[str, float], prefix: str) -> dict[str, float]:
     return {k: v for k, v in flat.items() if k.startswith(keep)}
 
 
-def _write_details(out: Path, res: EvalResult, n_top: int = 20) -> None:
+def _write_details(out: Path, res: EvalResult, n_top: int = 20, extra: dict[str, Direction] | None = None) -> None:
     """``hubs.json``: top hubs (id, N_k, GN_k) per direction and k; ``ranks.npz``: per-query (a, b, c) and
-    expected ranks per direction, keyed by query id, for later plots and paired analyses."""
+    expected ranks per direction, keyed by query id, for later plots and paired analyses; ``extra`` adds post-hoc
+    re-ranked directions (``posthoc_<m>_t2v_*``) for ``eval.seeds``."""
     hubs: dict[str, dict[str, list]] = {}
     arrays: dict[str, np.ndarray] = {}
     for d in (res.t2v, res.v2t):
@@ -96,10 +97,11 @@ def _write_details(out: Path, res: EvalResult, n_top: int = 20) -> None:
             top = top_hubs(nk, ids, n_top)
             pos = {str(g): i for i, g in enumerate(ids)}
             hubs[d.name][f"k{k}"] = [[g, n, float(d.good[k][pos[g]])] for g, n in top]
-    for d in res.directions():
-        arrays[f"{d.name}_query_ids"] = np.asarray(d.query_ids).astype(str)
-        arrays[f"{d.name}_abc"] = np.stack([d.a, d.b, d.c], axis=1)
-        arrays[f"{d.name}_rank"] = d.a + 1 + d.b / (d.c + 1)
+    named = [(d.name, d) for d in res.directions()] + list((extra or {}).items())
+    for name, d in named:
+        arrays[f"{name}_query_ids"] = np.asarray(d.query_ids).astype(str)
+        arrays[f"{name}_abc"] = np.stack([d.a, d.b, d.c], axis=1)
+        arrays[f"{name}_rank"] = d.a + 1 + d.b / (d.c + 1)
     (out / "hubs.json").write_text(json.dumps(hubs, indent=1))
     np.savez(out / "ranks.npz", **arrays)
 
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = res.flat(pre, ci=True, seed=args.seed)
     systems: list[tuple[str, dict[str, float], EvalResult]] = [(names[0], metrics, res)]
     notes.extend(res.notes())
+    extra_ranks: dict[str, Direction] = {}  # post-hoc re-ranked directions, saved to ranks.npz for eval.seeds
 
     # ---- post-hoc baselines (t2v)
     if methods:
@@ -232,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics[f"{pre}/posthoc/{m}/t2v/dR@1_ci_hi"] = test["ci_hi"]
             metrics[f"{pre}/posthoc/{m}/transductive"] = float(spec.transductive)
             systems.append((f"{names[0]}+{m}", flat, r))
+            extra_ranks[f"posthoc_{m}_t2v"] = r.t2v
             try:
                 _posthoc_v2t(m, args, main_ss, val, res, metrics, notes, ks)
             except ValueError as exc:
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     notes.extend(undefined_notes(metrics))
     write_metrics_json(metrics, out / "metrics.json")
-    _write_details(out, res)
+    _write_details(out, res, extra=extra_ranks)
     (out / "comparison.json").write_text(json.dumps({n: f for n, f, _ in systems}, indent=1, sort_keys=True))
     table = comparison_table([f for _, f, _ in systems], [n for n, _, _ in systems], pre) if len(systems) > 1 \
         else None

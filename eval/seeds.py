@@ -35,6 +35,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from eval.evaluate import compute
+from eval.retrieval import expected_hits
 from eval.scores_io import load_scores
 from eval.stats import paired_test
 
@@ -45,7 +46,21 @@ MDE_FACTOR = 1.959963984540054 + 0.8416212335729143  # z_{0.975} + z_{0.80}
 
 
 def per_query_hits(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{direction: (query ids [n] str, expected hit@1 [n] in %)} of one scores file."""
+    """{direction: (query ids [n] str, expected hit@1 [n] in %)} of one scores file, or of a post-hoc system
+    written by ``python -m eval``: ``DIR/ranks.npz#posthoc_qbnorm`` reads the arrays ``posthoc_qbnorm_{t2v,v2t}_*``
+    (directions that are absent are left out)."""
+    spec = str(path)
+    if "#" in spec:
+        file, key = spec.split("#", 1)
+        with np.load(file, allow_pickle=False) as z:
+            out = {}
+            for d in DIRECTIONS:
+                if f"{key}_{d}_abc" in z.files:
+                    a, b, c = z[f"{key}_{d}_abc"].T
+                    out[d] = (z[f"{key}_{d}_query_ids"].astype(str), 100.0 * expected_hits(a, b, c, 1))
+        if not out:
+            raise ValueError(f"{file}: no arrays {key}_t2v_abc / {key}_v2t_abc")
+        return out
     res = compute(load_scores(path), (1,))
     return {d.name: (np.asarray(d.query_ids).astype(str), 100.0 * d.hits(1)) for d in (res.t2v, res.v2t)}
 
@@ -79,6 +94,8 @@ def seed_summary(
     for name, runs in hits.items():
         out[name] = {}
         for d in DIRECTIONS:
+            if any(d not in run for run in runs) or any(d not in b for b in hits[baseline]):
+                continue
             r1 = np.array([float(run[d][1].mean()) for run in runs])
             row = {
                 "mean": float(r1.mean()),

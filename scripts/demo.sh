@@ -4,9 +4,10 @@
 #   bash scripts/demo.sh              synthetic dataset -> shards (verified) -> untrained score -> NeighborRetr
 #                                     training (accelerate launch, 2 CPU processes) -> test scores -> eval report
 #                                     -> results table + `RESULT demo_t2v_r1=... untrained_t2v_r1=... chance_r1=...`
-#   bash scripts/demo.sh --compare    the same, plus the InfoNCE baseline on the same shards, and both models with
-#                                     and without QB-Norm (query bank = training captions; beta tuned on val) in
-#                                     one report: demo_out/compare/report.md
+#   bash scripts/demo.sh --compare    on the hard synthetic set (demo_out/compare_hard/): NeighborRetr and the
+#                                     InfoNCE baseline on COMPARE_SEEDS (3) seeds, each with and without QB-Norm
+#                                     and DBNorm (query bank = training captions; tuned on val); overlaid figures
+#                                     in compare/<system>/, seed table in compare/seeds/seeds.md
 #
 # Everything is written under demo_out/ (DEMO_OUT=... to move it; git-ignored). Steps that are already done are
 # skipped: the synthetic videos (when annotations.jsonl of the same settings exists) and each split's shards (when
@@ -35,6 +36,17 @@ SYNTH_TOTAL=800
 # Shards: 12 frames per clip, stored at 64 px (a 64 px tiny ViT with 16 px patches trains ~3x faster than at
 # 112 px on CPU; the shapes stay easy to see).
 FRAME_SIZE=64
+# Comparison mode (`make compare`) runs on the hard synthetic set instead (preprocess.synth --mode hard: long-tailed
+# attribute combinations, near-duplicate clips, a generic and a specific caption per clip) with a 1,000-video test
+# split (100 test queries give a +-10-point R@1 interval; 2,000 caption queries about +-2), in its own folder, and
+# trains both systems on COMPARE_SEEDS seeds. Knobs: COMPARE_SEEDS (3) COMPARE_TRAIN (600) COMPARE_TEST (1000).
+SEEDS=${COMPARE_SEEDS:-3}
+if [ $COMPARE = 1 ]; then
+  OUT=$OUT/compare_hard
+  SYNTH_ARGS=(--mode hard --num-train "${COMPARE_TRAIN:-600}" --num-val 200 --num-test "${COMPARE_TEST:-1000}"
+              --seconds 3 --fps 8 --size 64 --seed 0 --workers 2)
+  SYNTH_TOTAL=$(( ${COMPARE_TRAIN:-600} + 200 + ${COMPARE_TEST:-1000} ))
+fi
 PREPROCESS_ARGS=(--config configs/preprocess/synth.yaml "anno_path=$OUT/synth/annotations.jsonl"
                  "video_root=$OUT/synth" "out=$OUT/shards" "frame_size=$FRAME_SIZE" progress=false)
 # Training: configs/demo.yaml (tiny random-init CLIP "nr-tiny", global batch 32, k = 20 neighbours, lr 2e-3,
@@ -51,7 +63,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 ACCELERA
 
 # ---------------------------------------------------------------------------------------------------------------
 STEP=0
-NSTEPS=$((COMPARE ? 10 : 7))
+NSTEPS=$((COMPARE ? 11 : 7))
 T_ALL=$(date +%s)
 TIMES=()
 T_STEP=$T_ALL
@@ -147,35 +159,65 @@ $PY -m training.score --run "$OUT/runs/neighborretr" --split test --out "$OUT/sc
 end
 
 if [ $COMPARE = 1 ]; then
-  # 6. baseline -----------------------------------------------------------------------------------------------
-  begin "train the InfoNCE baseline (same shards, same model, no memory bank)"
-  train "$OUT/runs/infonce" loss.kind=infonce bank.enabled=false
-  end "(selected: $(cat "$OUT/runs/infonce/best/selection.json" 2>/dev/null | tr -d '\n ' || echo none))"
+  # 6. baseline and the other seeds ---------------------------------------------------------------------------
+  begin "train the InfoNCE baseline and both systems on seeds 1..$((SEEDS - 1)) (same shards, same model)"
+  train "$OUT/runs/infonce" loss.kind=infonce bank.enabled=false run.seed=0
+  for seed in $(seq 1 $((SEEDS - 1))); do
+    train "$OUT/runs/neighborretr_s$seed" run.seed="$seed"
+    train "$OUT/runs/infonce_s$seed" loss.kind=infonce bank.enabled=false run.seed="$seed"
+  done
+  end "(seed 0 selected: $(cat "$OUT/runs/infonce/best/selection.json" 2>/dev/null | tr -d '\n ' || echo none))"
 
   # 7. scores for the comparison --------------------------------------------------------------------------------
-  begin "scores for the comparison: val/test + query banks (train captions x val/test videos)"
+  begin "scores for the comparison: val/test + query banks (train captions x val/test videos), every seed"
   # Each model is scored with its own test-time similarity (eval.similarity=auto): NeighborRetr's local WTI score,
   # the InfoNCE baseline's pooled cosine (EOT text token vs mean frame token) that it was trained with.
   $PY -m training.score --run "$OUT/runs/infonce" --split test --out "$OUT/scores/infonce_test.npz"
-  for sys in neighborretr infonce; do
-    ck="$OUT/runs/$sys/best"
-    $PY -m training.score --checkpoint "$ck" --split val --out "$OUT/scores/${sys}_val.npz"
-    for split in test val; do
-      $PY -m training.score --checkpoint "$ck" --split "$split" --queries train \
-        --out "$OUT/scores/${sys}_bank_${split}.npz"
+  for seed in $(seq 0 $((SEEDS - 1))); do
+    sfx=$([ "$seed" = 0 ] && echo "" || echo "_s$seed")
+    for sys in neighborretr infonce; do
+      ck="$OUT/runs/$sys$sfx/best"
+      [ "$seed" = 0 ] || $PY -m training.score --checkpoint "$ck" --split test --out "$OUT/scores/${sys}${sfx}_test.npz"
+      $PY -m training.score --checkpoint "$ck" --split val --out "$OUT/scores/${sys}${sfx}_val.npz"
+      for split in test val; do
+        $PY -m training.score --checkpoint "$ck" --split "$split" --queries train \
+          --out "$OUT/scores/${sys}${sfx}_bank_${split}.npz"
+      done
     done
   done
   end
 
-  # 8. eval of each system with QB-Norm ---------------------------------------------------------------------------
-  begin "eval: each system with and without QB-Norm (beta tuned on val)"
-  for pair in neighborretr:infonce infonce:neighborretr; do
-    a=${pair%%:*}; b=${pair##*:}
-    $PY -m eval "$OUT/scores/${a}_test.npz" --compare "$OUT/scores/${b}_test.npz" --names "$a" "$b" \
-      --posthoc qbnorm --val-scores "$OUT/scores/${a}_val.npz" --bank-scores "$OUT/scores/${a}_bank_test.npz" \
-      --val-bank-scores "$OUT/scores/${a}_bank_val.npz" --out "$OUT/compare/$a" > "$OUT/compare_${a}.log"
-    echo "eval $a: $OUT/compare/$a/report.md"
+  # 8. eval of each system with QB-Norm and DBNorm (seed 0: overlaid figures) ------------------------------------
+  begin "eval: each system with and without QB-Norm / DBNorm (tuned on val), every seed"
+  for seed in $(seq 0 $((SEEDS - 1))); do
+    sfx=$([ "$seed" = 0 ] && echo "" || echo "_s$seed")
+    dir=$([ "$seed" = 0 ] && echo "$OUT/compare" || echo "$OUT/compare/seeds/s$seed")
+    for pair in neighborretr:infonce infonce:neighborretr; do
+      a=${pair%%:*}; b=${pair##*:}
+      $PY -m eval "$OUT/scores/${a}${sfx}_test.npz" --compare "$OUT/scores/${b}${sfx}_test.npz" --names "$a" "$b" \
+        --posthoc qbnorm,dbnorm --val-scores "$OUT/scores/${a}${sfx}_val.npz" \
+        --bank-scores "$OUT/scores/${a}${sfx}_bank_test.npz" --val-bank-scores "$OUT/scores/${a}${sfx}_bank_val.npz" \
+        $([ "$seed" = 0 ] || echo --no-plots) --out "$dir/$a" > "$OUT/compare_${a}${sfx}.log"
+      echo "eval $a seed $seed: $dir/$a/report.md"
+    done
   done
+  end
+
+  # 9. seeds: mean +- sd and paired tests -----------------------------------------------------------------------
+  begin "seeds: R@1 mean +- sd over $SEEDS seeds, paired tests vs InfoNCE, minimum detectable difference"
+  files() {  # files SYSTEM [POSTHOC]: comma list of per-seed scores files (or eval ranks for a post-hoc method)
+    local sys=$1 m=${2:-} list="" seed sfx dir
+    for seed in $(seq 0 $((SEEDS - 1))); do
+      sfx=$([ "$seed" = 0 ] && echo "" || echo "_s$seed")
+      dir=$([ "$seed" = 0 ] && echo "$OUT/compare" || echo "$OUT/compare/seeds/s$seed")
+      if [ -z "$m" ]; then list="$list,$OUT/scores/${sys}${sfx}_test.npz"; else list="$list,$dir/$sys/ranks.npz#posthoc_$m"; fi
+    done
+    echo "${list#,}"
+  }
+  $PY -m eval.seeds --system infonce "$(files infonce)" --system neighborretr "$(files neighborretr)" \
+    --system infonce+qbnorm "$(files infonce qbnorm)" --system neighborretr+qbnorm "$(files neighborretr qbnorm)" \
+    --system infonce+dbnorm "$(files infonce dbnorm)" --system neighborretr+dbnorm "$(files neighborretr dbnorm)" \
+    --baseline infonce --out "$OUT/compare/seeds"
   end
 fi
 

@@ -213,3 +213,20 @@ def test_demo_sh_rejects_unknown_argument_and_has_valid_syntax():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_compare_report_has_dbnorm_rows_and_the_seed_table(tmp_path):
+    nr = {"test/t2v/R@1": 40.0, "test/v2t/R@1": 41.0}
+    nce = {"test/t2v/R@1": 30.0, "test/v2t/R@1": 29.0}
+    _write_eval_dir(tmp_path / "neighborretr", {"neighborretr": nr, "neighborretr+qbnorm": {"test/t2v/R@1": 42.0},
+                                                "neighborretr+dbnorm": {"test/t2v/R@1": 43.0}, "infonce": nce}, {})
+    _write_eval_dir(tmp_path / "infonce", {"infonce": nce, "infonce+qbnorm": {"test/t2v/R@1": 33.0},
+                                           "neighborretr": nr}, {})
+    rows, notes = summary.compare_rows(tmp_path)
+    assert [label for label, _ in rows] == ["InfoNCE (meanP)", "InfoNCE (meanP) + QB-Norm", "NeighborRetr",
+                                            "NeighborRetr + QB-Norm", "NeighborRetr + DBNorm"]
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds" / "seeds.md").write_text("# Seeds\n\n| system | direction |\n|---|---|\n| infonce | t2v |\n")
+    text = summary.write_compare_report(tmp_path, summary.markdown_table(rows, summary.COMPARE_COLUMNS), notes).read_text()
+    assert "## Seeds (mean +- sd, paired tests vs InfoNCE)" in text and "| infonce | t2v |" in text
+    assert "| NeighborRetr + DBNorm | 43.00 |" in text

@@ -75,3 +75,20 @@ def test_seeds_bad_inputs(tmp_path, capsys):
     assert rc == 2 and "same number (>= 1) of seed files" in capsys.readouterr().err
     rc = main(["--system", "a", str(p0), "--baseline", "zz", "--out", str(tmp_path / "o")])
     assert rc == 2 and "baseline 'zz' is not one of the systems" in capsys.readouterr().err
+
+
+def test_posthoc_system_from_eval_ranks(tmp_path):
+    from eval.__main__ import main as eval_main
+    from eval.posthoc import apply
+    from eval.seeds import per_query_hits
+
+    path, s = _write(tmp_path, "a", 0, 0.0, n=60)
+    rc = eval_main([str(path), "--posthoc", "dsl", "--out", str(tmp_path / "e"), "--no-plots"])
+    assert rc == 0
+    got = per_query_hits(f"{tmp_path / 'e' / 'ranks.npz'}#posthoc_dsl")
+    assert set(got) == {"t2v"}
+    assert got["t2v"][1].mean() == pytest.approx(
+        100 * mean_r1(apply("dsl", s.astype(np.float32)), gt=np.arange(60))
+    )
+    with pytest.raises(ValueError, match="no arrays posthoc_zz_t2v_abc"):
+        per_query_hits(f"{tmp_path / 'e' / 'ranks.npz'}#posthoc_zz")
