@@ -2,8 +2,10 @@
 
 Two stages per query q (text tokens T_q, mask, weights from the checkpoint's text encoder):
 
-1. candidates: the K videos with the largest cosine <g^t_q, g^v_b> of the global embeddings (an exact matrix
-   product over the in-RAM [G, D] matrix; ``candidates=G`` makes the search exhaustive);
+1. candidates: the K videos with the largest cosine <g^t_q, g^v_b> of the global embeddings: an exact matrix
+   product over the in-RAM [G, D] matrix (blocks converted to float32), or, with ``ann="usearch"``, an HNSW
+   graph (usearch, cosine, built in memory when the searcher opens; benchmarks/search.py measures where each
+   wins); ``candidates=G`` makes the search exhaustive;
 2. re-rank: S(q, b) = the model's test-time similarity (``training.similarity.score_local``, WTI, for
    NeighborRetr; pooled cosine for the InfoNCE baseline) on the K candidates, whose token features are the only
    ones read from the memory-mapped parts.
@@ -84,6 +86,23 @@ class QueryEncoder:
         return self.encode_ids(*self.ids(texts))
 
 
+def build_usearch(
+    emb: np.ndarray, connectivity: int = 16, expansion_add: int = 128, expansion_search: int = 256
+):
+    """A usearch HNSW index (cosine metric) over the rows of ``emb`` [G, D]; keys are the row numbers."""
+    from usearch.index import Index as UIndex
+
+    ix = UIndex(
+        ndim=emb.shape[1], metric="cos", dtype="f16", connectivity=connectivity, expansion_add=expansion_add,
+        expansion_search=expansion_search,
+    )  # fmt: skip
+    step = 1 << 16
+    for a in range(0, emb.shape[0], step):
+        block = np.ascontiguousarray(emb[a : a + step], dtype=np.float32)
+        ix.add(np.arange(a, a + block.shape[0], dtype=np.uint64), block)
+    return ix
+
+
 def rerank_scores(
     similarity: str,
     t_tok: torch.Tensor,
@@ -108,16 +127,36 @@ def rerank_scores(
 class Searcher:
     """Query an index with a checkpoint's text encoder; see the module docstring for the two stages."""
 
-    def __init__(self, index: Index, encoder: QueryEncoder | None, *, block: int = 256) -> None:
+    def __init__(
+        self, index: Index, encoder: QueryEncoder | None, *, block: int = 256, ann: str | None = None,
+        ef: int = 256,
+    ) -> None:  # fmt: skip
         self.index, self.encoder, self.block = index, encoder, block
         self.similarity = str(index.manifest.get("similarity", "local"))
         self._active: dict[int, np.ndarray] = {}
         self._ann = None
+        self.ef = ef
+        if ann == "usearch":
+            self._ann = build_usearch(index.global_emb)
+        elif ann is not None:
+            raise ValueError(f"ann must be None or 'usearch', got {ann!r}")
 
     # -- stages --------------------------------------------------------------------------------------------
     def candidates(self, g: np.ndarray, k: int) -> np.ndarray:
-        """[Q, k] rows of the k largest global cosines per query (exact), best first."""
-        s = g @ self.index.global_emb.T  # [Q, G]
+        """[Q, k] rows of the k largest global cosines per query (exact, or approximate with the ANN), best first."""
+        if self._ann is not None and k < self.index.size:
+            m = self._ann.search(g.astype(np.float32), k, exact=False)
+            keys = np.asarray(m.keys).reshape(g.shape[0], -1)[:, :k].astype(np.int64)
+            if (keys < 0).any() or keys.shape[1] < k or (keys >= self.index.size).any():
+                raise RuntimeError(f"usearch returned fewer than {k} candidates; raise ef")
+            return keys
+        emb = self.index.global_emb
+        if emb.dtype == np.float32:
+            s = g @ emb.T  # [Q, G]
+        else:
+            s = np.empty((g.shape[0], emb.shape[0]), dtype=np.float32)
+            for a in range(0, emb.shape[0], 1 << 16):
+                s[:, a : a + (1 << 16)] = g @ emb[a : a + (1 << 16)].astype(np.float32).T
         k = min(k, s.shape[1])
         if k == s.shape[1]:
             return np.argsort(-s, axis=1, kind="stable")

@@ -289,7 +289,7 @@ def save_bank(out: str, bank: np.ndarray, storage: Any = None) -> None:
 class Index:
     """An opened index: global embeddings in RAM, token features memory-mapped per part.
 
-    ``global_emb`` [G, D] float32 (L2-normalised), ``keys``/``video_ids``/``captions`` aligned with rows,
+    ``global_emb`` [G, D] in the stored dtype (L2-normalised), ``keys``/``video_ids``/``captions`` aligned with rows,
     ``offsets`` [n_parts + 1] first row of each part. Tokens are read with :meth:`tokens` for given rows only.
     """
 
@@ -397,7 +397,7 @@ def open_index(root: str, storage: Any = None, cache_dir: str | None = None) -> 
         keys += rows["keys"]
         vids += rows["video_ids"]
         caps += rows["captions"]
-        globals_.append(np.asarray(mm["global"], dtype=np.float32))
+        globals_.append(np.asarray(mm["global"]))  # stored dtype (fp16: half the RAM)
         offsets.append(offsets[-1] + int(p["videos"]))
     bank = None
     if manifest.get("bank"):
