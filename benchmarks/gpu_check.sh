@@ -167,7 +167,7 @@ cp "$WORK/run/train.log" "$OUT/train.log" 2>/dev/null
 rm -rf "$WORK/run/checkpoints" "$WORK/run/best"
 "$PY" benchmarks/gpu_check_summary.py "$OUT/metrics.jsonl" --skip "$SKIP" --steps "$STEPS" 2>&1 \
   | tee "$OUT/summary.txt" | tee -a "$LOG"
-grep -h "memory bank pre-filled\|training done" "$WORK/run/train.log" 2>/dev/null | cut -c1-200 | tee -a "$LOG"
+grep -h "memory bank pre-filled\|training finished\|training PREEMPTED" "$WORK/run/train.log" 2>/dev/null | cut -c1-200 | tee -a "$LOG"
 
 # -- phase 4: loader benchmark with GPU JPEG decoding (issue 3) ----------------------------------------------
 LOADER_RC=0

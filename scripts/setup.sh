@@ -18,6 +18,11 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v a
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "[setup] apt-get chromium failed; the headless page test will skip"
 fi
+if [ ! -d /usr/share/doc/opencv-doc ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing opencv-doc (apt-get; its real AVIs are test inputs of the decoding tests)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc >/dev/null) \
+    || echo "[setup] apt-get opencv-doc failed; the tests that read its AVIs will skip"
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv

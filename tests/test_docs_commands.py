@@ -45,7 +45,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 FIXTURES = REPO / "tests" / "fixtures" / "annotations"
-PAGES = ("datasets.md", "training.md", "reports.md", "cluster.md", "own-videos.md")
+PAGES = ("datasets.md", "training.md", "reports.md", "cluster.md", "own-videos.md", "search.md")
 RUN_LANGS = ("bash",)
 SKIP_LANGS = ("text", "console")
 
@@ -543,3 +543,21 @@ def test_own_videos_page_runs(sandbox):
                 for x in f.read_text().splitlines() if x.strip()]
     assert [(f["video_id"], f["input"].rsplit("/", 1)[-1]) for f in failures] == [("1003", "missing.mp4")]
 
+
+def test_search_page_has_runnable_blocks():
+    blocks = fenced_blocks(REPO / "docs" / "search.md")
+    assert sum(b.lang == "bash" for b in blocks) == 3
+
+
+@pytest.mark.slow
+def test_search_page_runs(sandbox):
+    sandbox.run_page("search.md", needs=("datasets.md", "training.md"))
+    run = sandbox.root / "runs" / "msrvtt"
+    manifest = json.loads((run / "index" / "manifest.json").read_text())
+    assert manifest["videos"] == 6 and manifest["bank"]["queries"] == 24
+    hits = json.loads((run / "hits.json").read_text())
+    assert [h["query"] for h in hits] == ["a man is singing", "a dog runs on the grass"]
+    assert all(len(h["results"]) == 2 for h in hits)
+    api = json.loads((run / "api_hits.json").read_text())
+    assert len(api["results"]) == 3 and api["results"][0]["thumbnail"].startswith("/thumb/")
+    assert "query: a man is singing" in sandbox.results["search.md"].stdout
