@@ -11,8 +11,8 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,6 +366,9 @@ def test_clis_exit_codes_and_output(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "PROBLEM train-000000.tar -: md5 " in out
     assert out.rstrip().endswith("FAILED")
+    assert index_main([str(tmp_path / "nothing")]) == 2  # a mistyped folder: a CLI mistake
+    assert "split folder" in (err := capsys.readouterr().err) and "does not exist" in err
+    (tmp_path / "nothing").mkdir()
     assert index_main([str(tmp_path / "nothing")]) == 1
     assert "no shards nothing-NNNNNN.tar under" in capsys.readouterr().err  # split name = last path component
     (tmp_path / "train/train-000001.stats.json").unlink()
@@ -376,8 +379,7 @@ def test_clis_exit_codes_and_output(tmp_path, capsys):
 def test_cli_subprocess_on_s3(s3_bucket):
     split_url = good_split(f"{s3_bucket}/shards")
     env = dict(os.environ)
-    py = str(Path(__file__).resolve().parents[1] / ".venv/bin/python")
-    py = py if os.path.exists(py) else "python"
+    py = sys.executable  # the interpreter running the tests (its packages, whatever the checkout's layout)
     r = subprocess.run(
         [py, "-m", "shards.index", split_url], env=env, capture_output=True, text=True, timeout=120
     )

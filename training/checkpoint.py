@@ -360,12 +360,27 @@ def load_checkpoint(
         bank.load_state_dict(bank_tensors)
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{need('bank.safetensors')}: {e}") from e
-    rng_tensors, rng_meta = _safetensors_load(need(f"rng_{rank}.safetensors"))
+    saved_world = int(trainer.get("world_size", accelerator.num_processes))
+    state_rank = rank
+    if saved_world != accelerator.num_processes:
+        # Elastic resume: the loader state is the same on every rank (its `batches` counts global steps) and
+        # ShardLoader.load_state_dict re-lays the rest of the epoch out for the new world size (docs/cluster.md,
+        # "Elastic resume"); RNG streams cannot carry over one to one, so rank r takes saved rank r % W.
+        logger.warning(
+            "%s: written by %d processes, resumed by %d (elastic resume)",
+            path,
+            saved_world,
+            accelerator.num_processes,
+        )
+        state_rank = rank % saved_world
+    rng_tensors, rng_meta = _safetensors_load(need(f"rng_{state_rank}.safetensors"))
     try:
         _set_rng(rng_tensors, rng_meta)
     except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{need(f'rng_{rank}.safetensors')}: bad RNG state ({e})") from e
-    data_state = _read_json(need(f"data_state_{rank}.json"))
+        raise CheckpointError(f"{need(f'rng_{state_rank}.safetensors')}: bad RNG state ({e})") from e
+    data_state = _read_json(
+        need(f"data_state_{0 if saved_world != accelerator.num_processes else rank}.json")
+    )
     logger.info("resumed from %s", path)
     return data_state or None
 
