@@ -77,6 +77,9 @@ def parse_options(cls: type[T], argv: list[str], prog: str) -> T:
             raise OptionError(message)
 
     p = _Parser(prog=prog, description=(cls.__doc__ or "").strip() or None)
+    import nrconfig  # the shared --version of every nr-* script
+
+    nrconfig.add_version(p)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")

@@ -56,6 +56,8 @@ def test_every_script_is_listed():
         "nr-train",
         "nr-score",
         "nr-eval",
+        "nr-index",
+        "nr-search",
     }
 
 
@@ -245,7 +247,7 @@ MISTAKES = [
         "train-resume",
         "nr-train",
         ["--config", "{cfg}", "--resume", "{base}/nope", "run.out={out}"],
-        "--resume '{base}/nope': not a checkpoint folder",
+        "--resume {base}/nope: not a complete checkpoint (not a folder)",
     ),
     (
         "train-no-shards",

@@ -218,7 +218,9 @@ def test_cli_rejects_bad_config_before_any_work(tiny_root, tmp_path, capsys):
     assert not out.exists()  # nothing was created
     assert main(["--config", str(path), "optim.lrr=1"]) == 2
     assert "did you mean 'optim.lr'" in capsys.readouterr().err
-    assert main(["--config", str(path), "--check"]) == 0
+    assert main(["--config", str(path), "--check"]) == 2  # the tiny split holds 4 samples, the batch is 8
+    assert "global batch 8 exceeds the 4 samples of" in capsys.readouterr().err
+    assert main(["--config", str(path), "--check", "data.batch_size=4", "loss.num_neighbors=1"]) == 0
     assert not out.exists()
 
 

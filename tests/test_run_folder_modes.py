@@ -15,8 +15,9 @@ import torch
 from train_fixtures import tiny_config_text, write_split
 
 from shards.fs import write_bytes_atomic
-from training.checkpoint import save_best, save_checkpoint
+from training.checkpoint import TrainerProgress, save_best, save_checkpoint
 from training.config import config_from_yaml_text, save_config
+from training.memory_bank import MemoryBank
 
 
 @pytest.fixture
@@ -63,7 +64,21 @@ def test_checkpoint_and_best_files_are_0644(tmp_path, umask_022):
     model = acc.prepare(torch.nn.Linear(3, 2))
     run = tmp_path / "run"
     try:
-        ckpt = save_checkpoint(acc, str(run), step=1, cfg=cfg, loader_state={"n": 1}, keep_last=2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        ckpt = save_checkpoint(
+            acc,
+            str(run),
+            step=1,
+            cfg=cfg,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            progress=TrainerProgress(),
+            bank=MemoryBank(4),
+            loader_state={"n": 1},
+            keep_last=2,
+        )
         best = save_best(acc, model, str(run), cfg=cfg, selection={"metric": "m", "value": 1.0, "step": 1})
     finally:
         acc.end_training()

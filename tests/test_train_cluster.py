@@ -153,7 +153,7 @@ def test_legacy_pickle_checkpoint_is_refused_by_the_cli(one_proc_run, tmp_path):
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"nr-train: --resume {ck}: not a complete checkpoint (written by an older trainer")
+    assert last.startswith(f"nr-train: error: --resume {ck}: not a complete checkpoint (written by an older trainer")
     assert "Traceback" not in proc.stderr and not os.path.exists(marker)
 
 
@@ -333,7 +333,7 @@ def test_launcher_mixed_precision_conflict_is_an_error(one_proc_run, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0
     assert (
-        "nr-train: accelerate launch --mixed_precision bf16 (or its config file's mixed_precision) conflicts "
+        "nr-train: error: accelerate launch --mixed_precision bf16 (or its config file's mixed_precision) conflicts "
         "with run.mixed_precision=no of the run config" in proc.stderr
     ), proc.stderr[-3000:]
     assert not os.path.exists(tmp_path / "run")  # refused before any work

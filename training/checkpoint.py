@@ -217,6 +217,15 @@ def _set_rng(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
 
 
 # -- save ---------------------------------------------------------------------------------------------------
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
+    """safetensors bytes written with a plain ``open`` (mode 0644 under the usual umask): ``save_file`` creates
+    its files 0600, which colleagues on a shared file system cannot read."""
+    from safetensors.torch import save
+
+    with open(path, "wb") as f:
+        f.write(save(tensors, metadata=metadata))
+
+
 def _json_dump(obj: Any, path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1, sort_keys=True, allow_nan=True)
@@ -241,8 +250,6 @@ def save_checkpoint(
     Rank 0 writes the shared state (model, optimiser, schedule, progress, bank, config); every rank writes its
     RNG and loader position; rank 0 writes ``manifest.json`` after a barrier and renames the folder.
     """
-    from safetensors.torch import save_file
-
     root = checkpoint_dir(run_dir)
     final = os.path.join(root, f"step-{step:08d}")
     tmp = final + ".tmp"
@@ -267,10 +274,10 @@ def save_checkpoint(
         }
         _json_dump(trainer, os.path.join(tmp, "trainer.json"))
         bank_state = {k: v.detach().cpu().contiguous().clone() for k, v in bank.state_dict().items()}
-        save_file(bank_state, os.path.join(tmp, "bank.safetensors"))
+        _save_safetensors(bank_state, os.path.join(tmp, "bank.safetensors"))
         save_config(cfg, os.path.join(tmp, "config.yaml"))
     tensors, meta = _rng_tensors()
-    save_file(tensors, os.path.join(tmp, f"rng_{rank}.safetensors"), metadata=meta)
+    _save_safetensors(tensors, os.path.join(tmp, f"rng_{rank}.safetensors"), metadata=meta)
     try:
         _json_dump(loader_state or {}, os.path.join(tmp, f"data_state_{rank}.json"))
     except TypeError as e:
