@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from typing import Any
 
 from search.options import IndexOptions, OptionError, SearchOptions, ServeOptions, parse_options
@@ -59,6 +60,8 @@ def index_main(argv: list[str] | None = None) -> int:
             raise OptionError("give exactly one of --run or --checkpoint")
         if o.dtype not in ("float16", "float32"):
             raise OptionError(f"--dtype {o.dtype!r}: expected float16 or float32")
+        if o.ann not in ("auto", "usearch", "none"):
+            raise OptionError(f"--ann {o.ann!r}: expected auto, usearch or none")
         ckpt = resolve_checkpoint(o.run, o.checkpoint)
         cfg, model = load_checkpoint_model(ckpt, o.config)
         if o.batch_size is not None:
@@ -114,6 +117,7 @@ def index_main(argv: list[str] | None = None) -> int:
     }
     if bank_url is not None:
         info["bank"] = _build_bank(cfg, model, bank_url, o.out, storage, similarity, len(shards))
+    info["ann"] = _build_ann(o.ann, o.out, len(shards), storage)
     m = sindex.write_manifest(o.out, n_parts=len(shards), info=info, storage=storage)
     print(f"nr-index: {m['videos']} videos in {len(m['parts'])} parts -> {o.out} "  # noqa: T201
           f"({report.parts_written} written, {report.parts_skipped} kept, {report.seconds:.1f} s)")  # fmt: skip
@@ -151,6 +155,22 @@ def _build_bank(
     return {"split": bank_url, "queries": int(bank.shape[0])}
 
 
+def _build_ann(mode: str, out: str, n_parts: int, storage: Any) -> dict | None:
+    """The first-stage graph (:mod:`search.ann`) for ``--ann`` auto | usearch | none; its manifest entry."""
+    from search import ann as sann
+    from search import index as sindex
+
+    if mode == "none":
+        return None
+    with tempfile.TemporaryDirectory(prefix="nr-index-") as cache:  # a remote index's parts, read once
+        blocks = sindex.part_globals(out, n_parts, storage, cache_dir=cache)
+        videos = sum(b.shape[0] for b in blocks)
+        if mode == "auto" and videos < sann.AUTO_MIN_VIDEOS:
+            return None
+        print(f"nr-index: building the first-stage graph over {videos} videos", flush=True)  # noqa: T201
+        return sann.build_ann(out, blocks, storage)
+
+
 def _print_hits(queries: list[str], hits: list[list[Any]], as_json: bool, index_root: str) -> None:
     from search import index as sindex  # noqa: F401 - thumbnails are named by row
 
@@ -168,7 +188,7 @@ def _print_hits(queries: list[str], hits: list[list[Any]], as_json: bool, index_
             print(f"  {i:3d}  {h.score:9.4f}  {h.key:24s}  {cap}  [thumb/{h.row}]")  # noqa: T201
 
 
-def open_searcher(index: str, checkpoint: str | None, cache_dir: str | None) -> Any:
+def open_searcher(index: str, checkpoint: str | None, cache_dir: str | None, ann: str = "auto") -> Any:
     from search.engine import QueryEncoder, Searcher
     from search.index import open_index
 
@@ -177,7 +197,8 @@ def open_searcher(index: str, checkpoint: str | None, cache_dir: str | None) -> 
     if not ckpt or not os.path.exists(ckpt):
         raise FileNotFoundError(f"checkpoint {ckpt!r} of the index not found; pass --checkpoint")
     cfg, model = load_checkpoint_model(ckpt)
-    return Searcher(ix, QueryEncoder(model, int(ix.manifest["max_words"]), str(ix.manifest["similarity"])))
+    enc = QueryEncoder(model, int(ix.manifest["max_words"]), str(ix.manifest["similarity"]))
+    return Searcher(ix, enc, ann=ann)
 
 
 def search_main(argv: list[str] | None = None) -> int:
@@ -209,7 +230,9 @@ def search_main(argv: list[str] | None = None) -> int:
             queries = [o.query.strip()]
             if not queries[0]:
                 raise OptionError("--query is empty")
-        s = open_searcher(o.index, o.checkpoint, o.cache_dir)
+        if o.ann not in ("auto", "exact", "usearch"):
+            raise OptionError(f"--ann {o.ann!r}: expected auto, exact or usearch")
+        s = open_searcher(o.index, o.checkpoint, o.cache_dir, o.ann)
         if o.hubness != "none" and s.index.bank is None:
             raise OptionError(f"--hubness {o.hubness}: the index has no query bank (nr-index --bank SPLIT)")
         hits = s.search(queries, k=o.k, candidates=o.candidates, hubness=o.hubness, beta=o.beta, qb_k=o.qb_k)
@@ -228,7 +251,9 @@ def serve_main(argv: list[str]) -> int:
         o = parse_options(ServeOptions, argv, prog)
         if not o.index:
             raise OptionError("--index is required")
-        s = open_searcher(o.index, o.checkpoint, o.cache_dir)
+        if o.ann not in ("auto", "exact", "usearch"):
+            raise OptionError(f"--ann {o.ann!r}: expected auto, exact or usearch")
+        s = open_searcher(o.index, o.checkpoint, o.cache_dir, o.ann)
     except (OptionError, IndexError_, FileNotFoundError, ValueError) as e:
         return _err(prog, str(e))
     import uvicorn

@@ -3,9 +3,10 @@
 Two stages per query q (text tokens T_q, mask, weights from the checkpoint's text encoder):
 
 1. candidates: the K videos with the largest cosine <g^t_q, g^v_b> of the global embeddings: an exact matrix
-   product over the in-RAM [G, D] matrix (blocks converted to float32), or, with ``ann="usearch"``, an HNSW
-   graph (usearch, cosine, built in memory when the searcher opens; benchmarks/search.py measures where each
-   wins); ``candidates=G`` makes the search exhaustive;
+   product over the memory-mapped parts' [n_i, D] blocks (converted to float32 block by block), or the HNSW graph
+   that ``nr-index`` stored with the index (:mod:`search.ann`, memory-mapped; ``ann="auto"``, the default, uses
+   it when the index has one; benchmarks/search.py measures where each wins); ``candidates=G`` makes the search
+   exhaustive;
 2. re-rank: S(q, b) = the model's test-time similarity (``training.similarity.score_local``, WTI, for
    NeighborRetr; pooled cosine for the InfoNCE baseline) on the K candidates, whose token features are the only
    ones read from the memory-mapped parts.
@@ -28,11 +29,12 @@ import torch
 
 from search.index import Index
 
-__all__ = ["Hit", "QueryEncoder", "Searcher", "HUBNESS"]
+__all__ = ["Hit", "QueryEncoder", "Searcher", "HUBNESS", "ANN_MODES"]
 
 logger = logging.getLogger(__name__)
 
 HUBNESS = ("none", "qb", "is")
+ANN_MODES = ("auto", "exact", "usearch")
 
 
 @dataclass
@@ -86,23 +88,6 @@ class QueryEncoder:
         return self.encode_ids(*self.ids(texts))
 
 
-def build_usearch(
-    emb: np.ndarray, connectivity: int = 16, expansion_add: int = 128, expansion_search: int = 256
-):
-    """A usearch HNSW index (cosine metric) over the rows of ``emb`` [G, D]; keys are the row numbers."""
-    from usearch.index import Index as UIndex
-
-    ix = UIndex(
-        ndim=emb.shape[1], metric="cos", dtype="f16", connectivity=connectivity, expansion_add=expansion_add,
-        expansion_search=expansion_search,
-    )  # fmt: skip
-    step = 1 << 16
-    for a in range(0, emb.shape[0], step):
-        block = np.ascontiguousarray(emb[a : a + step], dtype=np.float32)
-        ix.add(np.arange(a, a + block.shape[0], dtype=np.uint64), block)
-    return ix
-
-
 def rerank_scores(
     similarity: str,
     t_tok: torch.Tensor,
@@ -128,18 +113,28 @@ class Searcher:
     """Query an index with a checkpoint's text encoder; see the module docstring for the two stages."""
 
     def __init__(
-        self, index: Index, encoder: QueryEncoder | None, *, block: int = 256, ann: str | None = None,
-        ef: int = 256,
+        self, index: Index, encoder: QueryEncoder | None, *, block: int = 256, ann: str = "auto", ef: int = 256,
     ) -> None:  # fmt: skip
+        """``ann``: ``auto`` (the index's stored graph if it has one, else the exact product), ``exact``, or
+        ``usearch`` (the stored graph; built in memory, with a warning, when the index has none)."""
+        import os
+
+        from search import ann as sann
+
         self.index, self.encoder, self.block = index, encoder, block
         self.similarity = str(index.manifest.get("similarity", "local"))
         self._active: dict[int, np.ndarray] = {}
         self._ann = None
         self.ef = ef
-        if ann == "usearch":
-            self._ann = build_usearch(index.global_emb)
-        elif ann is not None:
-            raise ValueError(f"ann must be None or 'usearch', got {ann!r}")
+        if ann not in ANN_MODES:
+            raise ValueError(f"ann must be one of {ANN_MODES}, got {ann!r}")
+        stored = index.manifest.get("ann")
+        if ann != "exact" and stored:
+            self._ann = sann.open_ann(os.path.join(index.local, stored["file"]), index.size, ef)
+        elif ann == "usearch":
+            logger.warning("index %s has no stored graph; building one in memory (nr-index ann=usearch stores it)",
+                           index.root)  # fmt: skip
+            self._ann = sann.build_usearch(sann.StackedRows(index.global_parts), expansion_search=ef)
 
     # -- stages --------------------------------------------------------------------------------------------
     def candidates(self, g: np.ndarray, k: int) -> np.ndarray:
@@ -150,13 +145,13 @@ class Searcher:
             if (keys < 0).any() or keys.shape[1] < k or (keys >= self.index.size).any():
                 raise RuntimeError(f"usearch returned fewer than {k} candidates; raise ef")
             return keys
-        emb = self.index.global_emb
-        if emb.dtype == np.float32:
-            s = g @ emb.T  # [Q, G]
-        else:
-            s = np.empty((g.shape[0], emb.shape[0]), dtype=np.float32)
-            for a in range(0, emb.shape[0], 1 << 16):
-                s[:, a : a + (1 << 16)] = g @ emb[a : a + (1 << 16)].astype(np.float32).T
+        s = np.empty((g.shape[0], self.index.size), dtype=np.float32)  # [Q, G]
+        for p, emb in enumerate(self.index.global_parts):
+            a = int(self.index.offsets[p])
+            for b in range(0, emb.shape[0], 1 << 16):
+                s[:, a + b : a + b + min(1 << 16, emb.shape[0] - b)] = (
+                    g @ np.asarray(emb[b : b + (1 << 16)], dtype=np.float32).T
+                )
         k = min(k, s.shape[1])
         if k == s.shape[1]:
             return np.argsort(-s, axis=1, kind="stable")

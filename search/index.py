@@ -42,6 +42,8 @@ __all__ = [
     "build_index",
     "Index",
     "open_index",
+    "part_globals",
+    "local_copy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -228,9 +230,10 @@ def build_index(
         rate = videos / dt if dt > 0 else 0.0
         left = (len(mine) - done - 1) * (dt / max(written, 1))
         msg = f"part {i} ({len(enc['keys'])} videos): {written + skipped}/{len(mine)} parts, {rate:.1f} videos/s, ETA {left:.0f} s"
-        logger.info(msg)
         if progress is not None:
             progress(msg)
+        else:
+            logger.info(msg)
     return BuildReport(written, skipped, videos, time.perf_counter() - t0)
 
 
@@ -289,19 +292,22 @@ def save_bank(out: str, bank: np.ndarray, storage: Any = None) -> None:
 class Index:
     """An opened index: global embeddings in RAM, token features memory-mapped per part.
 
-    ``global_emb`` [G, D] in the stored dtype (L2-normalised), ``keys``/``video_ids``/``captions`` aligned with rows,
-    ``offsets`` [n_parts + 1] first row of each part. Tokens are read with :meth:`tokens` for given rows only.
+    ``global_parts`` the parts' [n_i, D] global embeddings in the stored dtype (L2-normalised), memory-mapped
+    (never concatenated: a 1M-video fp16 index keeps 1 GB on disk, not in RAM); ``keys``/``video_ids``/``captions``
+    aligned with rows, ``offsets`` [n_parts + 1] first row of each part; ``local`` the folder the files are read
+    from (a download cache for remote indexes). Tokens are read with :meth:`tokens` for given rows only.
     """
 
     root: str
     manifest: dict[str, Any]
-    global_emb: np.ndarray
+    global_parts: list[np.ndarray]
     keys: list[str]
     video_ids: list[str]
     captions: list[list[str]]
     offsets: np.ndarray
     files: list[Any]
     bank: np.ndarray | None = None
+    local: str = ""
     _key_row: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
@@ -363,6 +369,30 @@ def _mmap_safetensors(path: str) -> dict[str, np.ndarray]:
     return out
 
 
+def local_copy(root: str, names: list[str], storage: Any = None, cache_dir: str | None = None) -> str:
+    """The local folder holding the files ``names`` of the index at ``root``: ``root`` itself when local; for a
+    remote index they are downloaded into ``cache_dir`` (a temp folder if None), each published by rename."""
+    if not sfs.is_remote(root):
+        return root
+    local = cache_dir or tempfile.mkdtemp(prefix="nr-index-")
+    fs, path = sfs.filesystem(root, storage)
+    for name in names:
+        dst = os.path.join(local, name)
+        if not os.path.exists(dst):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            fs.get_file(f"{path.rstrip('/')}/{name}", dst + ".part")
+            os.replace(dst + ".part", dst)
+    return local
+
+
+def part_globals(
+    out: str, n_parts: int, storage: Any = None, cache_dir: str | None = None
+) -> list[np.ndarray]:
+    """The memory-mapped [n_i, D] global embeddings of parts 0..n_parts-1 (before a manifest exists)."""
+    local = local_copy(out, [part_name(i) for i in range(n_parts)], storage, cache_dir)
+    return [_mmap_safetensors(os.path.join(local, part_name(i)))["global"] for i in range(n_parts)]
+
+
 def open_index(root: str, storage: Any = None, cache_dir: str | None = None) -> Index:
     """Open an index folder; a remote index is downloaded into ``cache_dir`` (a temp folder if None) first."""
     try:
@@ -375,17 +405,9 @@ def open_index(root: str, storage: Any = None, cache_dir: str | None = None) -> 
         raise IndexError_(
             f"{root}: format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
         )
-    local = root
-    if sfs.is_remote(root):
-        local = cache_dir or tempfile.mkdtemp(prefix="nr-index-")
-        fs, path = sfs.filesystem(root, storage)
-        names = [p["file"] for p in manifest["parts"]] + ([BANK_FILE] if manifest.get("bank") else [])
-        for name in names:
-            dst = os.path.join(local, name)
-            if not os.path.exists(dst):
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                fs.get_file(f"{path.rstrip('/')}/{name}", dst + ".part")
-                os.replace(dst + ".part", dst)
+    names = [p["file"] for p in manifest["parts"]] + ([BANK_FILE] if manifest.get("bank") else [])
+    names += [manifest["ann"]["file"]] if manifest.get("ann") else []
+    local = local_copy(root, names, storage, cache_dir)
     files, keys, vids, caps, globals_, offsets = [], [], [], [], [], [0]
     for p in manifest["parts"]:
         path = os.path.join(local, p["file"])
@@ -397,14 +419,15 @@ def open_index(root: str, storage: Any = None, cache_dir: str | None = None) -> 
         keys += rows["keys"]
         vids += rows["video_ids"]
         caps += rows["captions"]
-        globals_.append(np.asarray(mm["global"]))  # stored dtype (fp16: half the RAM)
+        globals_.append(mm["global"])  # memory-mapped, stored dtype
         offsets.append(offsets[-1] + int(p["videos"]))
     bank = None
     if manifest.get("bank"):
         bank = np.load(os.path.join(local, BANK_FILE), mmap_mode="r", allow_pickle=False)
         if bank.shape[1] != len(keys):
             raise IndexError_(f"{BANK_FILE}: {bank.shape[1]} columns for {len(keys)} videos")
-    g = np.concatenate(globals_) if globals_ else np.zeros((0, int(manifest.get("dim", 0))), np.float32)
-    idx = Index(root, manifest, g, keys, vids, caps, np.array(offsets, dtype=np.int64), files, bank)
+    idx = Index(
+        root, manifest, globals_, keys, vids, caps, np.array(offsets, dtype=np.int64), files, bank, local
+    )
     idx._key_row = {k: i for i, k in enumerate(keys)}
     return idx

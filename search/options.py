@@ -35,6 +35,9 @@ class IndexOptions:
     bank: str | None = _f(None, "query-bank split (e.g. train): its captions' scores enable --hubness qb/is")
     batch_size: int | None = _f(None, "videos per encoding batch (default data.eval_batch_size)")
     cpu: bool = _f(False, "run on CPU even when CUDA exists")
+    ann: str = _f(
+        "auto", "first-stage graph stored with the index: auto (from 50,000 videos) | usearch | none"
+    )
 
 
 @dataclass
@@ -56,6 +59,7 @@ class SearchOptions:
         None, "checkpoint for the text encoder (default: the one recorded in the manifest)"
     )
     cache_dir: str | None = _f(None, "local folder for a remote index's parts")
+    ann: str = _f("auto", "first stage: auto (the stored graph if any) | exact (matrix product) | usearch")
 
 
 @dataclass
@@ -67,6 +71,7 @@ class ServeOptions:
     hubness: str = _f("none", "default hubness correction: none | qb | is")
     checkpoint: str | None = _f(None, "checkpoint for the text encoder (default: the manifest's)")
     cache_dir: str | None = _f(None, "local folder for a remote index's parts")
+    ann: str = _f("auto", "first stage: auto (the stored graph if any) | exact (matrix product) | usearch")
 
 
 def parse_options(cls: type[T], argv: list[str], prog: str) -> T:

@@ -546,7 +546,7 @@ def test_own_videos_page_runs(sandbox):
 
 def test_search_page_has_runnable_blocks():
     blocks = fenced_blocks(REPO / "docs" / "search.md")
-    assert sum(b.lang == "bash" for b in blocks) == 3
+    assert sum(b.lang == "bash" for b in blocks) == 4
 
 
 @pytest.mark.slow

@@ -84,6 +84,7 @@ def test_index_has_manifest_parts_thumbnails(built, ckpt):
     assert [p["videos"] for p in m["parts"]] == [8, 8, 8, 6]
     assert m["source"]["sizes"] == [8, 8, 8, 6] and m["bank"]["queries"] == 48
     assert len(m["checkpoint_sha256"]) == 64 and m["config"]["model"]["arch"] == "nr-tiny"
+    assert m["ann"] is None and not (built / "ann.usearch").exists()  # ann=auto: 30 videos < 50,000
     s = _searcher(built, ckpt["ckpt"])
     ix = s.index
     assert ix.size == 30 and len(set(ix.keys)) == 30 and all(len(c) == 2 for c in ix.captions)
@@ -170,6 +171,34 @@ def test_qb_norm_and_inverted_softmax_equal_eval_posthoc(built, ckpt):
                     assert [h.row for h in hits[q]] == np.argsort(-ref[q], kind="stable")[:4].tolist()
 
 
+def test_stored_graph_first_stage(ckpt):
+    """nr-index --ann usearch stores the graph; searching through it (auto) gives the exact stage's hits, and
+    --ann exact ignores it; a graph of the wrong size is an error, not a partial search."""
+    from search.ann import open_ann
+
+    out = ckpt["root"] / "ann16"
+    _cli(["index", "--checkpoint", ckpt["ckpt"], "--split", "test", "--out", str(out), "--ann", "usearch"])
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["ann"] == {"kind": "usearch", "file": "ann.usearch", "videos": 30, "metric": "cos", "dtype": "f16",
+                        "connectivity": 16, "expansion_add": 128}  # fmt: skip
+    assert len(open_ann(str(out / "ann.usearch"), 30)) == 30
+    from search.cli import open_searcher
+
+    with_graph, exact = (
+        open_searcher(str(out), ckpt["ckpt"], None),
+        open_searcher(str(out), ckpt["ckpt"], None, "exact"),
+    )
+    assert with_graph._ann is not None and exact._ann is None
+    queries = ["red circle moving left", "a blue square", "green"]
+    g = with_graph.encoder.encode(queries)[3].numpy()
+    # 30 vectors, ef 256: the graph search visits every node, so its candidates are the exact top-K
+    np.testing.assert_array_equal(np.sort(with_graph.candidates(g, 10)), np.sort(exact.candidates(g, 10)))
+    a, b = with_graph.search(queries, k=5, candidates=10), exact.search(queries, k=5, candidates=10)
+    assert [[h.row for h in q] for q in a] == [[h.row for h in q] for q in b]
+    with pytest.raises(ValueError, match="the graph holds 30 vectors, the index 31 videos"):
+        open_ann(str(out / "ann.usearch"), 31)
+
+
 def test_resume_after_kill9_gives_same_bytes(built, ckpt):
     """kill -9 once the first part is published; the resumed build equals an uninterrupted one byte for byte."""
     ref = ckpt["root"] / "ref16"
@@ -212,8 +241,9 @@ def test_index_on_s3(ckpt, s3_bucket, s3_server):
     import fsspec
 
     url = f"{s3_bucket}/idx"
-    _cli(["index", "--checkpoint", ckpt["ckpt"], "--split", "test", "--out", url])
+    _cli(["index", "--checkpoint", ckpt["ckpt"], "--split", "test", "--out", url, "--ann", "usearch"])
     s = _searcher(url, ckpt["ckpt"])
+    assert s._ann is not None and os.path.exists(os.path.join(s.index.local, "ann.usearch"))  # downloaded
     local = ckpt["root"] / "local16"
     if not local.exists():
         _cli(["index", "--checkpoint", ckpt["ckpt"], "--split", "test", "--out", str(local)])
@@ -235,6 +265,8 @@ def test_cli_bad_inputs(built, ckpt, tmp_path):
         (["search", "--index", str(built), "--query", "   "], "--query is empty"),
         (["search", "--index", str(tmp_path), "--query", "x"], "no manifest.json"),
         (["search", "--index", str(built), "--query", "x", "--k", "ten"], "invalid int value: 'ten'"),
+        (["index", "--checkpoint", ckpt["ckpt"], "--out", "x", "--ann", "faiss"], "--ann 'faiss'"),
+        (["search", "--index", str(built), "--query", "x", "--ann", "hnsw"], "--ann 'hnsw'"),
     ]
     for args, msg in cases:
         p = _cli(args, check=False)
