@@ -6,7 +6,7 @@ selection, decode, resize short side to 224 + centre crop, JPEG q90, json) for e
 ``decoder=decord`` and once with ``decoder=ffmpeg`` (which spawns one single-threaded ffmpeg per video).
 
 Both paths decode only the packets the 12 frames need (:mod:`preprocess.avc_packets`, the product default);
-the ``*-whole`` rows run the same worker with ``reference_only=False`` (every picture up to the last requested
+the ``*-whole`` rows run the same worker with ``packet_skip=False`` (every picture up to the last requested
 frame decoded, the previous behaviour) for comparison: same pixels, more CPU.
 
 Reports videos/s per worker process by wall clock and by CPU time (user + sys of the worker process and its
@@ -23,7 +23,6 @@ for TS / AVI). Anchor: video2dataset's ~0.8 videos/s/core with processing.
 from __future__ import annotations
 
 import argparse
-import functools
 import multiprocessing as mp
 import os
 import platform
@@ -83,8 +82,17 @@ def make_mixed(folder: str, n: int, seconds: float) -> list[str]:
     src = ["-f", "lavfi", "-i", f"testsrc2=size=640x480:rate=30:duration={seconds}"]
     x264 = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
     kinds = [
-        ("vfr.mp4", [*src, "-vf", "setpts='PTS+if(gt(N,100),9,0)+if(gt(N,200),15,0)'", "-fps_mode", "passthrough",
-                     *x264]),
+        (
+            "vfr.mp4",
+            [
+                *src,
+                "-vf",
+                "setpts='PTS+if(gt(N,100),9,0)+if(gt(N,200),15,0)'",
+                "-fps_mode",
+                "passthrough",
+                *x264,
+            ],
+        ),
         ("rot.mp4", [*src, *x264, "-metadata:s:v:0", "rotate=90"]),
         ("ts.ts", [*src, *x264, "-output_ts_offset", "1.48", "-f", "mpegts"]),
         ("xvid.avi", [*src, "-c:v", "mpeg4", "-vtag", "XVID", "-bf", "2", "-q:v", "4"]),
@@ -105,13 +113,11 @@ def _cpu() -> float:
 
 
 def _worker(paths: list[str], decoder: str, frames: int, size: int, whole: bool, out: mp.Queue) -> None:
-    if whole:  # this process only: the job's decode call without the packet plan
-        import preprocess.job
-
-        preprocess.job.decode_frames = functools.partial(preprocess.job.decode_frames, reference_only=False)
+    # whole: the job's own switch (``packet_skip=False``): every picture up to the last requested frame decoded
     cfg = PreprocessConfig(
-        dataset="bench", anno_path="-", out="-", num_frames=frames, frame_size=size, decoder=decoder
-    )
+        dataset="bench", anno_path="-", out="-", num_frames=frames, frame_size=size, decoder=decoder,
+        packet_skip=not whole,
+    )  # fmt: skip
     items = [VideoItem("bench", "train", os.path.basename(p), p, ("a clip",)) for p in paths]
     make_sample(items[0], cfg)  # warm-up: imports, decord/ffmpeg libraries loaded
     t0, c0 = time.perf_counter(), _cpu()
