@@ -106,11 +106,15 @@ def queries(ix, q: int, seed: int = 1) -> tuple[torch.Tensor, ...]:
     return tok, mask, w, glob
 
 
-def _rss_gb() -> tuple[float, float]:
-    """(current RSS, peak RSS) of this process in GB."""
+def _rss_gb() -> tuple[float, float, float, float]:
+    """(current RSS, peak RSS, anonymous part, file-backed part) of this process in GB. The file-backed part is
+    the index's memory-mapped pages a query touched (page cache, reclaimable: the kernel maps cached neighbours
+    of each faulted page too, so it grows with what is cached, not only with what is read)."""
     with open("/proc/self/status") as f:
-        cur = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return cur / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        st = {k: v for k, v in (line.split(":", 1) for line in f)}
+    kb = {k: int(st[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile")}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb["VmRSS"] / 2**20, peak / 2**20, kb["RssAnon"] / 2**20, kb["RssFile"] / 2**20
 
 
 def run_mode(work: str, mode: str, n_q: int, k: int, cand: int, n_ref: int = 0) -> dict:
@@ -136,12 +140,12 @@ def run_mode(work: str, mode: str, n_q: int, k: int, cand: int, n_ref: int = 0) 
     if mode == "exhaustive" and n_ref > n_q:
         batch = tuple(x[n_q:n_ref] for x in t)
         rows += [[h.row for h in hs] for hs in s.search_encoded(batch, k=k, candidates=ix.size)]
-    cur, peak = _rss_gb()
+    cur, peak, anon, filed = _rss_gb()
     lat_ms = np.array(lat) * 1e3
     return {
         "mode": mode, "setup_s": setup, "p50_ms": float(np.percentile(lat_ms, 50)),
         "p99_ms": float(np.percentile(lat_ms, 99)), "qps": float(n_q / sum(lat)), "rss_gb": cur,
-        "peak_rss_gb": peak, "rows": rows,
+        "peak_rss_gb": peak, "rss_anon_gb": anon, "rss_file_gb": filed, "rows": rows,
     }  # fmt: skip
 
 

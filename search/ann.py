@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from search.index import read_block
 from shards import fs as sfs
 
 __all__ = ["ANN_FILE", "AUTO_MIN_VIDEOS", "StackedRows", "build_usearch", "build_ann", "open_ann"]
@@ -40,7 +41,7 @@ class StackedRows:
     def __getitem__(self, sl: slice) -> np.ndarray:
         a, b = sl.start or 0, min(sl.stop if sl.stop is not None else self.shape[0], self.shape[0])
         got = [
-            np.asarray(blk[max(a, lo) - lo : min(b, hi) - lo])
+            read_block(blk, max(a, lo) - lo, min(b, hi) - lo)
             for blk, lo, hi in zip(self.blocks, self.starts[:-1], self.starts[1:], strict=True)
             if max(a, lo) < min(b, hi)
         ]

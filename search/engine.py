@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from search.index import Index
+from search.index import Index, read_block
 
 __all__ = ["Hit", "QueryEncoder", "Searcher", "HUBNESS", "ANN_MODES"]
 
@@ -149,9 +149,8 @@ class Searcher:
         for p, emb in enumerate(self.index.global_parts):
             a = int(self.index.offsets[p])
             for b in range(0, emb.shape[0], 1 << 16):
-                s[:, a + b : a + b + min(1 << 16, emb.shape[0] - b)] = (
-                    g @ np.asarray(emb[b : b + (1 << 16)], dtype=np.float32).T
-                )
+                blk = read_block(emb, b, b + (1 << 16)).astype(np.float32)
+                s[:, a + b : a + b + blk.shape[0]] = g @ blk.T
         k = min(k, s.shape[1])
         if k == s.shape[1]:
             return np.argsort(-s, axis=1, kind="stable")

@@ -93,6 +93,25 @@ def test_index_has_manifest_parts_thumbnails(built, ckpt):
     assert ix.bank.shape == (48, 30)
 
 
+def test_read_rows_equals_indexing_the_mapping(built, tmp_path):
+    """pread-based row reads (runs of consecutive rows, single rows, blocks) equal numpy's indexing of the same
+    memmap; a truncated part is a named error, not garbage rows."""
+    from search.index import IndexError_, _mmap_safetensors, read_block, read_rows
+
+    mm = _mmap_safetensors(str(built / "parts" / "part-00001.safetensors"))
+    rows = np.array([0, 1, 2, 5, 7])
+    for name in ("tokens", "mask", "weights", "global", "thumbs"):
+        np.testing.assert_array_equal(read_rows(mm[name], rows), np.asarray(mm[name])[rows])
+        np.testing.assert_array_equal(read_block(mm[name], 3, 100), np.asarray(mm[name])[3:])
+    path = tmp_path / "rows.bin"
+    np.arange(40, dtype=np.float32).tofile(path)
+    arr = np.memmap(str(path), dtype=np.float32, mode="r", offset=8, shape=(9, 4))
+    os.truncate(path, 8 + 4 * 4 * 8 + 6)  # the file loses most of row 8 under the reader
+    np.testing.assert_array_equal(read_rows(arr, np.array([1, 2])), np.arange(2, 38).reshape(9, 4)[[1, 2]])
+    with pytest.raises(IndexError_, match=r"rows.bin: short read \(6 of 16 bytes\)"):
+        read_rows(arr, np.array([8]))
+
+
 def test_search_equals_brute_force_wti(built, ckpt):
     """Exhaustive and two-stage (K = G) results equal a brute-force score_local over the whole index."""
     from training.similarity import score_local
