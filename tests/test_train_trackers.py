@@ -44,7 +44,7 @@ def test_tracker_errors_name_unknown_and_missing_packages(monkeypatch):
     ]
 
 
-def test_check_refuses_a_tracker_without_its_package(tmp_path):
+def test_check_refuses_an_unknown_tracker(tmp_path):
     root = write_dataset(str(tmp_path / "data"), n_train=16, n_val=8, n_test=8)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(tiny_config_text(root, str(tmp_path / "run")))
