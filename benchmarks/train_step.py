@@ -94,7 +94,7 @@ def run(kind: str, root: str, out: str, args: argparse.Namespace) -> list[dict]:
         f"optim.max_steps={args.steps}",
         "eval.at_epoch_end=false",
         "eval.split=val",
-        "run.tensorboard=false",
+        "run.trackers=[]",
         "run.progress=false",
         "run.log_level=WARNING",
         f"run.out={out}",

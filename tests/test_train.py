@@ -108,7 +108,7 @@ def trained_run(tmp_path_factory):
             "run.save_every_steps=2",
             "run.keep_last=2",
             "eval.every_steps=4",
-            "run.tensorboard=true",
+            "run.trackers=[tensorboard]",
         ],
         nproc=2,
     )

@@ -153,7 +153,9 @@ def test_legacy_pickle_checkpoint_is_refused_by_the_cli(one_proc_run, tmp_path):
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"nr-train: error: --resume {ck}: not a complete checkpoint (written by an older trainer")
+    assert last.startswith(
+        f"nr-train: error: --resume {ck}: not a complete checkpoint (written by an older trainer"
+    )
     assert "Traceback" not in proc.stderr and not os.path.exists(marker)
 
 
@@ -288,7 +290,8 @@ def test_second_trainer_refused_and_ranks_die_with_their_launcher(one_proc_run, 
             _kill9_tree(proc.pid)
             proc.wait(30)
     lock_path = os.path.join(run, LOCK_FILE)
-    if os.path.exists(lock_path):  # left behind by a rank that died holding it: stale, so the next trainer takes it
+    # left behind by a rank that died holding it: stale, so the next trainer takes it
+    if os.path.exists(lock_path):
         reason = stale_reason(json.load(open(lock_path)), lock_path)
         assert reason is not None and reason.endswith("is gone")
     # else: the holder removed it on its way out; either way the next trainer can start
@@ -312,7 +315,7 @@ def test_pad_rows_never_enter_the_loss(tmp_path):
         ]
     )
     err = proc.stderr
-    assert "\r" not in err and "it/s" not in err
+    assert "\r" not in err + proc.stdout and "it/s" not in err
     assert re.search(
         r"step 3/6 epoch 0 loss [0-9.]+ lr \S+ [0-9.]+ samples/s \([0-9.]+ per process\) data wait \d+% ETA 0:0",
         err,
@@ -380,3 +383,28 @@ def test_changed_lr_on_resume_is_applied_and_recorded(one_proc_run):
     for step in (3, 4):  # the same schedule position, 5x the base rate
         assert b[step] == pytest.approx(5 * a[step], rel=1e-12)
     assert "lr: 0.01" in open(os.path.join(run, "config.yaml")).read()
+
+
+def test_train_split_given_as_a_brace_pattern(tmp_path):
+    """``data.train`` may name shard files with a brace pattern (expanded by ``shards.fs.expand_urls``): the run
+    reads exactly those shards; ``--check`` names a pattern's shard that is gone or unlisted."""
+    root = write_dataset(str(tmp_path / "data"))  # 4 train shards of 12
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(tiny_config_text(root, str(tmp_path / "run")))
+    pattern = f"{root}/train/train-{{000001..000002}}.tar"  # shards 1 and 2: 24 samples, 3 steps of 8
+    run_cli(["training.train", "--config", str(cfg), f"data.train={pattern}", "eval.at_epoch_end=false"])
+    recs = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert len(recs) == 3 and sum(r["pad"] for r in recs) == 0
+    rows = sorted(i for r in recs for i in r["sample_index"])
+    assert rows == list(range(24))  # every sample of the two shards once
+    base = ["training.train", "--config", str(cfg), "--check"]
+    unlisted = run_cli([*base, f"data.train={root}/train/train-{{000003..000004}}.tar"], check=False)
+    assert unlisted.returncode == 2
+    assert f"data.train: 1 shard(s) not listed in their sizes.json: ['{root}/train/train-000004.tar']" in (
+        unlisted.stderr
+    )
+    os.remove(os.path.join(root, "train", "train-000002.tar"))
+    gone = run_cli([*base, f"data.train={pattern}"], check=False)
+    assert gone.returncode == 2
+    assert "data.train: 1 shard(s) listed in sizes.json are missing: ['train-000002.tar']" in gone.stderr
+    assert "Traceback" not in gone.stderr + unlisted.stderr

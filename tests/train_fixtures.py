@@ -183,7 +183,7 @@ eval:
 run:
   out: {out}
   seed: 0
-  tensorboard: false
+  trackers: []
   progress: false
 """
     return text

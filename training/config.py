@@ -41,6 +41,9 @@ __all__ = [
     "config_from_yaml_text",
     "validate_config",
     "split_url",
+    "is_shard_list",
+    "shard_urls",
+    "split_folders",
     "resolve_similarity",
     "frame_output",
     "loader_config",
@@ -72,12 +75,16 @@ class DataConfig:
     """Where the shards are and how they are streamed (fields map onto ``shards.reader.LoaderConfig``).
 
     A split location (``train``/``val``/``test``) is either a split name under ``root`` (``{root}/{name}``) or
-    a full path / ``s3://`` URL of a split folder (anything containing ``/``). Frame count and words per
+    a full path / ``s3://`` URL of a split folder (anything containing ``/``) or a list of shard files (a brace
+    pattern ``.../train-{000000..000099}.tar``, expanded by the reader; each folder's ``sizes.json`` must list
+    them). Frame count and words per
     caption come from ``model.max_frames`` / ``model.max_words`` so that model and data cannot disagree.
     """
 
     root: str | None = None  # dataset root holding one folder per split (local path or s3://bucket/prefix)
-    train: str = "train"  # training split: name under root, or a split folder path/URL
+    # training split: a name under root, a split folder path/URL, or shard files: a brace pattern such as
+    # /data/msrvtt/train/train-{000000..000099}.tar (or several URLs separated by spaces)
+    train: str = "train"
     val: str | None = "val"  # held-out split used for validation and model selection (None: no validation)
     test: str | None = "test"  # test split (scored after training by training.score)
     batch_size: int = 128  # GLOBAL training batch (the contrastive batch), split evenly over the ranks
@@ -153,15 +160,22 @@ class EvalConfig:
 class RunConfig:
     """Run folder, seed, precision, cadence of logging and checkpoints."""
 
-    out: str = "runs/default"  # run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, best/
+    out: str = "runs/default"  # run folder: config.yaml, train.log, metrics.jsonl, tb/, checkpoints/, best/
     seed: int = 42  # seeds model init, shuffling and augmentation (rank offsets added)
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast with fp32 master weights; fp16 needs CUDA)
     cpu: bool = False  # force CPU even when CUDA exists (CPU is used automatically without CUDA)
     save_every_steps: int = 0  # checkpoint every N training batches (0: only at epoch end)
     keep_last: int = 2  # periodic checkpoints kept (best/ is kept separately)
-    log_every_steps: int = 1  # metrics.jsonl gets every step; this sets the console/TensorBoard cadence
-    tensorboard: bool = True  # write TensorBoard events to {run.out}/tb
-    progress: bool = True  # rank-0 tqdm bar
+    # metrics.jsonl gets every step; this sets the cadence of the trackers and of the plain console line
+    # (no tty: one line per N steps with loss, lr, samples/s, data wait, ETA)
+    log_every_steps: int = 1
+    # experiment trackers, through Accelerate's log_with: tensorboard ({run.out}/tb) | wandb | mlflow; [] for none
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "neighborretr"  # wandb project / mlflow experiment name
+    name: str | None = None  # run name in wandb / mlflow (None: the last folder of run.out)
+    # older switch, kept for old configs: false removes tensorboard from run.trackers, true adds it (null: as listed)
+    tensorboard: bool | None = None
+    progress: bool = True  # rank-0 tqdm bar over the whole run when stderr is a tty (else plain lines)
     # DDP: keep False. Parameters used by the losses outside ``forward`` (logit_scale, token-weight MLPs)
     # make find_unused_parameters=True fail ("mark a variable ready only once"); modules a loss kind does not
     # use are frozen instead (the InfoNCE baseline freezes the token weights and merge blocks).
@@ -249,7 +263,8 @@ def save_config(cfg: TrainConfig, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tree = to_dict(cfg)
     storage = tree.get("data", {}).get("storage") or {}
-    for secret in ("key", "secret"):  # never write credentials into run folders; readers fall back to AWS_* env
+    # never write credentials into run folders; readers fall back to AWS_* env
+    for secret in ("key", "secret"):
         if storage.get(secret):
             storage[secret] = None
     text = yaml.safe_dump(tree, sort_keys=False)
@@ -273,21 +288,44 @@ def split_url(data: DataConfig, location: str) -> str:
     return data.root.rstrip("/") + "/" + location
 
 
+def is_shard_list(location: str) -> bool:
+    """True when a split location names shard files rather than a split folder: a brace pattern
+    (``.../train-{000000..000099}.tar``), a ``.tar`` URL, or several URLs separated by whitespace."""
+    return "{" in location or location.rstrip().endswith(".tar") or len(location.split()) > 1
+
+
+def shard_urls(data: DataConfig, location: str) -> list[str]:
+    """The shard URLs of a shard-list location, brace patterns expanded (``shards.fs.expand_urls``)."""
+    from shards import fs as sfs
+
+    return sfs.expand_urls(split_url(data, location))
+
+
+def split_folders(data: DataConfig, location: str) -> list[str]:
+    """The folders whose ``sizes.json`` / ``captions.json`` describe a location: the split folder, or the
+    folders of a shard list's files (first appearance order)."""
+    if not is_shard_list(location):
+        return [split_url(data, location)]
+    return list(dict.fromkeys(u.rsplit("/", 1)[0] if "/" in u else "." for u in shard_urls(data, location)))
+
+
 def _check_split(data: DataConfig, field_name: str, errors: list[str]) -> None:
     from shards import fs as sfs
 
     location = getattr(data, field_name)
     if location is None:
         return
-    url = split_url(data, location)
-    sizes = sfs.join(url, "sizes.json")
-    try:
-        ok = sfs.exists(sizes, data.storage)
-    except Exception as e:  # noqa: BLE001 - unreachable storage is a config problem too
-        errors.append(f"data.{field_name}: cannot reach {sizes}: {type(e).__name__}: {e}")
-        return
-    if not ok:
-        errors.append(f"data.{field_name}: no shards at {url} (missing {sizes}; run `nr-shards-index {url}`)")
+    for url in split_folders(data, location):
+        sizes = sfs.join(url, "sizes.json")
+        try:
+            ok = sfs.exists(sizes, data.storage)
+        except Exception as e:  # noqa: BLE001 - unreachable storage is a config problem too
+            errors.append(f"data.{field_name}: cannot reach {sizes}: {type(e).__name__}: {e}")
+            return
+        if not ok:
+            errors.append(
+                f"data.{field_name}: no shards at {url} (missing {sizes}; run `nr-shards-index {url}`)"
+            )
 
 
 def validate_config(
@@ -396,6 +434,9 @@ def validate_config(
     need(r.keep_last >= 1, f"run.keep_last: must be >= 1, got {r.keep_last}")
     need(r.log_every_steps >= 1, f"run.log_every_steps: must be >= 1, got {r.log_every_steps}")
     need(bool(r.out), "run.out: must name a run folder")
+    from training.trackers import tracker_errors
+
+    errors.extend(tracker_errors(r))
     need(
         r.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
         f"run.log_level: {r.log_level!r} not a logging level",
@@ -492,9 +533,12 @@ def loader_config(
         "retries": d.retries,
     }
     url = split_url(d, location)
-    root, _, split = url.rpartition("/")
-    values["root"], values["split"] = root, split
     known = {f.name for f in dataclasses.fields(LoaderConfig)}
-    if "root" not in known or "split" not in known:
-        values["urls"] = url
+    if is_shard_list(location):  # brace patterns are expanded by the reader (shards.fs.expand_urls)
+        values["urls"] = url.split()
+    else:
+        root, _, split = url.rpartition("/")
+        values["root"], values["split"] = root, split
+        if "root" not in known or "split" not in known:
+            values["urls"] = url
     return LoaderConfig(**{k: v for k, v in values.items() if k in known and v is not None})

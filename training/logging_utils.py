@@ -1,6 +1,6 @@
-"""One logging setup for the trainer and scorer: console/file logging, a metrics JSONL file, TensorBoard.
+"""One logging setup for the trainer and scorer: console/file logging, a metrics JSONL file, the trackers.
 
-Only rank 0 writes metrics and TensorBoard events; every rank logs warnings and errors to the console.
+Only rank 0 writes metrics and tracker values (``training.trackers``); every rank logs warnings and errors to the console.
 ``metrics.jsonl`` has one JSON object per line: ``{"event": "train", "step": ..., "epoch": ..., "loss/total":
 ..., "lr": ..., "data_wait_s": ..., "compute_s": ..., "samples_per_s": ..., "skipped": {...}, "sample_index":
 [...], "time": ...}`` for every training batch (``time``: wall clock at the step's end; on CUDA also
@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["setup_logging", "MetricsLogger", "read_metrics", "truncate_metrics", "cuda_memory_stats"]
@@ -32,6 +33,19 @@ class _RankFilter(logging.Filter):
         return True
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """stderr handler that steps around a live tqdm bar: the bar is cleared, the line written, the bar redrawn
+    (without it a log line would be glued to the end of the bar)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm_module = sys.modules.get("tqdm")
+        if tqdm_module is None:  # no bar can exist
+            super().emit(record)
+            return
+        with tqdm_module.tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
 def setup_logging(level: str = "INFO", *, rank: int = 0, log_file: str | None = None) -> None:
     """Configure the root logger once: INFO on rank 0 (WARNING on other ranks) to stderr, plus
     ``log_file``."""
@@ -41,7 +55,7 @@ def setup_logging(level: str = "INFO", *, rank: int = 0, log_file: str | None = 
             root.removeHandler(h)
             h.close()
     lvl = getattr(logging, level.upper(), logging.INFO)
-    console = logging.StreamHandler(sys.stderr)
+    console = _ConsoleHandler(sys.stderr)
     console.setLevel(lvl if rank == 0 else max(lvl, logging.WARNING))
     handlers: list[logging.Handler] = [console]
     if log_file is not None and rank == 0:
@@ -72,44 +86,41 @@ def _jsonable(v: Any) -> Any:
 
 
 class MetricsLogger:
-    """Append-only ``metrics.jsonl`` plus optional TensorBoard scalars; a no-op on ranks other than 0."""
+    """Append-only ``metrics.jsonl`` plus the experiment trackers (``accelerator.log``); a no-op on ranks other
+    than 0."""
 
-    def __init__(self, run_dir: str, *, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: str, *, enabled: bool = True, tracker: Callable[..., Any] | None = None
+    ) -> None:
+        """``tracker``: ``accelerator.log`` (called as ``tracker(values, step=step)``) or None (no trackers)."""
         self.enabled = enabled
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self._file = None
-        self._tb = None
+        self._tracker = tracker
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(run_dir, "tb"))
-
-    def log(self, record: dict[str, Any], *, tb: bool = True) -> None:
-        """Write one JSON line; numeric top-level entries also go to TensorBoard at ``record["step"]``."""
+    def log(self, record: dict[str, Any], *, track: bool = True) -> None:
+        """Write one JSON line; with ``track`` its numeric entries also go to the trackers at ``record["step"]``
+        (:func:`training.trackers.tracker_scalars`)."""
         if not self.enabled or self._file is None:
             return
         self._file.write(json.dumps(_jsonable(record), sort_keys=False) + "\n")
         self._file.flush()
-        if tb and self._tb is not None and "step" in record:
-            step = int(record["step"])
-            for k, v in record.items():
-                if k in ("step", "epoch") or isinstance(v, bool):
-                    continue
-                if isinstance(v, int | float) and math.isfinite(v):
-                    tag = k if "/" in k else f"train/{k}"
-                    self._tb.add_scalar(tag, v, step)
+        if track and self._tracker is not None and "step" in record:
+            from training.trackers import tracker_scalars
+
+            values = tracker_scalars(record)
+            if values:
+                self._tracker(values, step=int(record["step"]))
 
     def close(self) -> None:
+        """Close ``metrics.jsonl`` (the trackers are closed by ``accelerator.end_training()``)."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
 
 
 def cuda_memory_stats(device: Any) -> dict[str, float]:

@@ -40,7 +40,9 @@ from training.config import (
     loader_config,
     resolve_similarity,
     save_config,
+    split_folders,
     split_url,
+    to_dict,
     validate_config,
 )
 
@@ -87,9 +89,11 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
 def build_accelerator(cfg: TrainConfig) -> Any:
     """Accelerator: CPU when CUDA is absent (or run.cpu), mixed precision and gradient accumulation from
-    cfg."""
+    cfg, the trackers of ``run.trackers`` (``log_with``; TensorBoard under ``project_dir`` = ``run.out``)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
+
+    from training.trackers import build_trackers
 
     find_unused = cfg.run.find_unused_parameters
     return Accelerator(
@@ -98,6 +102,8 @@ def build_accelerator(cfg: TrainConfig) -> Any:
         gradient_accumulation_steps=cfg.optim.grad_accum,
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+        log_with=build_trackers(cfg.run) or None,
+        project_dir=cfg.run.out,
     )
 
 
@@ -207,7 +213,9 @@ class _Validator:
         self.enabled = location is not None and (cfg.eval.every_steps > 0 or cfg.eval.at_epoch_end)
         self.location = location
         self.caption_mode = (
-            resolve_caption_mode(split_url(cfg.data, location), cfg.eval.caption_mode, cfg.data.storage)
+            resolve_caption_mode(
+                split_folders(cfg.data, location)[0], cfg.eval.caption_mode, cfg.data.storage
+            )
             if self.enabled
             else "first"
         )
@@ -297,8 +305,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def _warn_config_changes(cfg: TrainConfig, saved_path: str) -> None:
     """Log the keys whose values differ from the checkpoint's config (a resumed run should keep them)."""
     import yaml
-
-    from training.config import to_dict
 
     if not os.path.exists(saved_path):
         return
@@ -466,71 +472,6 @@ def _step_record(ctx: dict[str, Any], losses: dict[str, Any], grad_norm: Any, in
     }
 
 
-def _log_step(ctx: dict[str, Any], record: dict[str, Any], bar: Any) -> None:
-    """metrics.jsonl/TensorBoard every step; the tqdm bar (a tty) or, every ``run.log_every_steps``, one plain line
-    (no carriage return): loss, lr, samples/s per process and global, data-wait share and the run's ETA."""
-    cfg, step, clock = ctx["cfg"], record["step"], ctx["clock"]
-    ctx["metrics_log"].log(record, tb=step % cfg.run.log_every_steps == 0)
-    clock["wait"] += record["data_wait_s"]
-    clock["busy"] += record["data_wait_s"] + record["compute_s"]
-    if bar is not None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss/total']:.4f}", sps=f"{record['samples_per_s']:.1f}")
-    elif step % cfg.run.log_every_steps == 0:
-        elapsed = time.perf_counter() - clock["t0"]
-        done = max(step - clock["step0"], 1)
-        eta = elapsed / done * max(clock["total"] - step, 0)
-        logger.info(
-            "step %d/%d epoch %d loss %.5f lr %.3g %.1f samples/s (%.1f per process) data wait %.0f%% ETA %s",
-            step,
-            clock["total"],
-            record["epoch"],
-            record["loss/total"],
-            record["lr"],
-            record["samples_per_s"],
-            record["samples_per_s"] / ctx["accelerator"].num_processes,
-            100.0 * clock["wait"] / max(clock["busy"], 1e-9),
-            _hms(eta),
-        )
-
-
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def _progress_bar(cfg: TrainConfig, accelerator: Any, total: int, progress: Any) -> Any:
-    """One tqdm bar over the whole run (run-level ETA) on a tty; ``None`` otherwise (plain log lines)."""
-    if not (cfg.run.progress and accelerator.is_main_process and sys.stderr.isatty()):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=progress.step, desc="train", dynamic_ncols=True)
-
-
-def _final_report(cfg: TrainConfig, summary: dict[str, Any], wall_s: float) -> None:
-    """The end-of-run summary an operator reads: wall time, best metric and step, paths, the next command."""
-    run = cfg.run.out
-    from training.checkpoint import latest_checkpoint
-
-    best = (
-        f"{cfg.eval.select_metric} = {summary['best_metric']:.4f} at step {summary['best_step']} "
-        f"({os.path.join(run, 'best')})"
-        if summary["best_step"] >= 0
-        else "none (no validation)"
-    )
-    state = "PREEMPTED (requeue with --resume auto)" if summary["preempted"] else "finished"
-    lines = [
-        f"training {state}: {summary['steps']} steps, {summary['epochs_done']} epochs, wall time {_hms(wall_s)}",
-        f"  last loss      {summary.get('loss/total', float('nan')):.5f}",
-        f"  best           {best}",
-        f"  checkpoint     {latest_checkpoint(run)}",
-        f"  metrics        {os.path.join(run, 'metrics.jsonl')} (log {os.path.join(run, 'train.log')})",
-        f"  next           python -m training.score --run {run} --split test --out {run}/test_scores.npz --metrics",
-    ]
-    logger.info("\n".join(lines))
-
-
 _STATE = ("model", "optimizer", "scheduler", "progress", "bank")
 
 
@@ -594,8 +535,10 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
 
     from shards.reader import build_loader
     from training.checkpoint import save_checkpoint
+    from training.console import StepLog, final_report, progress_bar
     from training.logging_utils import MetricsLogger
     from training.preemption import PreemptionWatch
+    from training.trackers import resolve_trackers, start_trackers
 
     run_dir, world, rank = cfg.run.out, accelerator.num_processes, accelerator.process_index
     set_seed(cfg.run.seed)
@@ -610,7 +553,8 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
     loader_state = _resume(cfg, accelerator, resume, state)
     if accelerator.is_main_process:
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    metrics_log = MetricsLogger(run_dir, enabled=accelerator.is_main_process, tensorboard=cfg.run.tensorboard)
+    start_trackers(accelerator, _flatten(to_dict(cfg)))
+    metrics_log = MetricsLogger(run_dir, enabled=accelerator.is_main_process, tracker=accelerator.log)
     validator = _Validator(cfg, accelerator, metrics_log)
     preempt = PreemptionWatch(accelerator)
     logger.info(
@@ -635,17 +579,12 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
         )
 
     ctx = {**state, "cfg": cfg, "accelerator": accelerator, "unwrapped": unwrapped, "use_bank": use_bank}
-    clock = {
-        "t0": time.perf_counter(),
-        "step0": progress.step,
-        "total": total_batches,
-        "wait": 0.0,
-        "busy": 0.0,
-    }
-    ctx.update(metrics_log=metrics_log, clock=clock)
+    bar = progress_bar(cfg.run.progress and accelerator.is_main_process, total_batches, progress.step)
+    console = StepLog(
+        total=total_batches, step0=progress.step, every=cfg.run.log_every_steps, num_processes=world, bar=bar
+    )
     last: dict[str, float] = {}
     stop = preempted = False
-    bar = _progress_bar(cfg, accelerator, total_batches, progress)
     try:
         for epoch in range(progress.epoch, cfg.optim.epochs):
             progress.epoch = epoch
@@ -670,7 +609,8 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
                     torch.cuda.synchronize(accelerator.device)
                 record = _step_record(ctx, losses, grad_norm, indices, (t_last, t_data, time.perf_counter()))
                 last = {k: v for k, v in record.items() if k.startswith("loss/")}
-                _log_step(ctx, record, bar)
+                metrics_log.log(record, track=progress.step % cfg.run.log_every_steps == 0)
+                console.step(record)
                 # -- periodic validation / checkpoint; preemption; max_steps ---------------------------------
                 if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
                     validator(model, progress)
@@ -701,8 +641,7 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
             checkpoint(loader.state_dict())
     finally:
         preempt.close()
-        if bar is not None:
-            bar.close()
+        console.close()
         metrics_log.close()
     summary = {
         "steps": progress.step,
@@ -715,7 +654,7 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
     if preempted:
         logger.warning("preempted (%s): checkpoint at step %d saved", preempt.signal_name, progress.step)
     if accelerator.is_main_process:
-        _final_report(cfg, summary, time.perf_counter() - clock["t0"])
+        final_report(cfg, summary, console.elapsed(), resolve_trackers(cfg.run))
     return summary
 
 
@@ -734,6 +673,14 @@ def main(argv: list[str] | None = None) -> int:
             resolve_resume(args.resume, cfg.run.out)
         for warning in check_train_data(cfg):
             logger.warning("%s", warning)
+        if cfg.run.tensorboard is not None:
+            from training.trackers import resolve_trackers
+
+            logger.info(
+                "run.tensorboard=%s is the older switch, kept for old configs: trackers %s (set run.trackers)",
+                str(cfg.run.tensorboard).lower(),
+                resolve_trackers(cfg.run),
+            )
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         return nrconfig.cli_error(PROG, e)
     if args.check:
@@ -744,28 +691,55 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded(cfg, args.resume, rank=rank)
 
 
-def check_train_data(cfg: TrainConfig) -> list[str]:
-    """Checks of the training split against the config, for ``--check`` and every start (reads ``sizes.json``,
-    the folder listing and the first sample of the first shard). ConfigError when the global batch exceeds the
-    split's samples or a shard listed in ``sizes.json`` is missing; returns warnings (``model.max_frames`` differs
-    from the shards' ``num_frames``)."""
+def _train_shards(cfg: TrainConfig) -> tuple[str, dict[str, int], list[str]]:
+    """``(what data.train names, {shard URL: samples per sizes.json}, URLs of those shards that are missing)``
+    for a split folder (every shard its ``sizes.json`` lists) or a shard list / brace pattern (its files, each of
+    which its folder's ``sizes.json`` must list)."""
     import json
 
     from shards import fs as sfs
-    from shards.index import _first_sample_settings, list_shards
+    from shards.index import list_shards
+    from training.config import is_shard_list, shard_urls, split_folders
 
-    url = split_url(cfg.data, cfg.data.train)
-    try:
-        sizes = json.loads(sfs.read_bytes(sfs.join(url, "sizes.json"), cfg.data.storage))
-        present = set(list_shards(url, cfg.data.storage)[0])
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"data.train: cannot read {sfs.join(url, 'sizes.json')}: {e}") from e
-    missing = sorted(set(sizes) - present)
-    total = sum(int(n) for n in sizes.values())
+    location = cfg.data.train
+    wanted = shard_urls(cfg.data, location) if is_shard_list(location) else None
+    sizes: dict[str, int] = {}
+    present: set[str] = set()
+    for folder in split_folders(cfg.data, location):
+        index = sfs.join(folder, "sizes.json")
+        try:
+            listed = json.loads(sfs.read_bytes(index, cfg.data.storage))
+            present |= {sfs.join(folder, n) for n in sfs.listdir(folder, cfg.data.storage)}
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"data.train: cannot read {index}: {e}") from e
+        sizes.update({sfs.join(folder, n): int(c) for n, c in listed.items()})
+    if wanted is not None:
+        unlisted = [u for u in wanted if u not in sizes]
+        if unlisted:
+            raise ConfigError(
+                f"data.train: {len(unlisted)} shard(s) not listed in their sizes.json: {unlisted[:5]}"
+            )
+        sizes = {u: sizes[u] for u in wanted}
+    else:
+        shards = set(list_shards(split_url(cfg.data, location), cfg.data.storage)[0])
+        present = {u for u in present if u.rsplit("/", 1)[-1] in shards}
+    return split_url(cfg.data, location), sizes, [u for u in sizes if u not in present]
+
+
+def check_train_data(cfg: TrainConfig) -> list[str]:
+    """Checks of the training split against the config, for ``--check`` and every start (reads ``sizes.json``,
+    the folder listing and the first sample of the first shard). ConfigError when the global batch exceeds the
+    split's samples or a shard listed in ``sizes.json`` (or named by a brace pattern) is missing; returns
+    warnings (``model.max_frames`` differs from the shards' ``num_frames``)."""
+    from shards.index import _first_sample_settings
+
+    url, sizes, missing = _train_shards(cfg)
+    total = sum(sizes.values())
     errors = []
     if missing:
+        names = [m.rsplit("/", 1)[-1] for m in missing]
         errors.append(
-            f"data.train: {len(missing)} shard(s) listed in sizes.json are missing: {missing[:5]} ({url})"
+            f"data.train: {len(missing)} shard(s) listed in sizes.json are missing: {names[:5]} ({url})"
         )
     if cfg.data.batch_size > total:
         errors.append(
@@ -774,8 +748,8 @@ def check_train_data(cfg: TrainConfig) -> list[str]:
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     warnings = []
-    if present:
-        first = sfs.join(url, sorted(present)[0])
+    if sizes:
+        first = next(iter(sorted(sizes)))
         frames = _first_sample_settings(first, cfg.data.storage).get("num_frames")
         if frames is not None and frames != cfg.model.max_frames:
             warnings.append(
