@@ -1,6 +1,8 @@
 """Elastic resume: an epoch interrupted under W ranks x K workers continues under W' x K' with every remaining
 sample delivered exactly once, equal batch counts per rank, and each global step holding the same sample ids as
-the uninterrupted run (plan level, and through the real loader reading shards with DataLoader workers)."""
+the uninterrupted run (plan level, and through the real loader reading shards with DataLoader workers); the
+epochs after it too, because every epoch is planned in the run's canonical layout (the first start's), which
+the loader state carries across resumes (also with real gloo ranks, tests/elastic_worker.py)."""
 
 from __future__ import annotations
 
