@@ -117,6 +117,9 @@ class EpochPlan:
     _shard_offsets: tuple[int, ...]  # per shard: global id of its first unit
     # [rank][worker] -> output order of slot_units, when not the shuffle buffer's (elastic plans, see elastic_plan)
     _orders: tuple[tuple[tuple[int, ...], ...], ...] | None = None
+    # [rank][worker][output position] -> (rank, worker, position) of the unit in the plan it was first laid out
+    # in (elastic plans: the base plan's coordinates, so augmentation draws do not depend on the layout)
+    _aug_keys: tuple[tuple[tuple[tuple[int, int, int], ...], ...], ...] | None = None
 
     # -- sizes ---------------------------------------------------------------------------------------------
     def worker_num_batches(self, worker: int) -> int:
@@ -174,6 +177,15 @@ class EpochPlan:
         rng.shuffle(buf)
         out.extend(buf)
         return out
+
+    def augment_key(self, rank: int, worker: int, position: int) -> tuple[int, int, int]:
+        """The ``(rank, worker, position)`` that seeds the augmentation of output ``position`` of slot
+        ``(rank, worker)``: the slot's own coordinates in a plan from :func:`make_plan`, the base plan's
+        coordinates of the same unit in a plan from :func:`elastic_plan` (so an elastic resume augments every
+        remaining sample exactly as the uninterrupted run does)."""
+        if self._aug_keys is None:
+            return (rank, worker, position)
+        return self._aug_keys[rank][worker][position]
 
     def worker_batches(self, rank: int, worker: int) -> list[list[Unit]]:
         """The batches worker ``worker`` of ``rank`` delivers, in order (each exactly ``batch_size`` units)."""
@@ -319,6 +331,7 @@ def elastic_plan(base: EpochPlan, consumed: int, *, world_size: int, workers: in
     ``consumed``), and a trainer that gathers the global batch sees the same sample ids per step as an
     uninterrupted run. Batch ``j`` of a rank is owned by worker ``j mod workers`` (the DataLoader's round robin).
     Within a batch, units are read in (shard, sample) order and emitted in the batch's order (``slot_order``).
+    Each row keeps the augmentation coordinates it has in ``base`` (:meth:`EpochPlan.augment_key`).
     """
     g = base.batch_size * base.world_size
     if world_size < 1 or workers < 1:
@@ -337,8 +350,14 @@ def elastic_plan(base: EpochPlan, consumed: int, *, world_size: int, workers: in
     placeholder: Unit = old[0][0][0]
     slots: list[list[list[Segment]]] = [[[] for _ in range(workers)] for _ in range(world_size)]
     orders: list[list[list[int]]] = [[[] for _ in range(workers)] for _ in range(world_size)]
+    aug: list[list[list[tuple[int, int, int]]]] = [[[] for _ in range(workers)] for _ in range(world_size)]
+    k0, b0 = base.workers, base.batch_size
     for j in range(nb):
         step = [u for r in range(base.world_size) for u in old[r][j]] if j >= consumed else None
+        # base coordinates of each row of global step j: old rank r's batch j is batch j // k0 of worker j % k0
+        keys = [
+            base.augment_key(r, j % k0, (j // k0) * b0 + i) for r in range(base.world_size) for i in range(b0)
+        ]
         for r in range(world_size):
             rows = step[r * bs : (r + 1) * bs] if step is not None else [placeholder._replace(pad=True)] * bs
             read = sorted(range(bs), key=lambda i: (rows[i].shard, rows[i].sample, rows[i].caption))
@@ -350,6 +369,7 @@ def elastic_plan(base: EpochPlan, consumed: int, *, world_size: int, workers: in
                 c = u.uid - offsets[u.shard]
                 slot.append(Segment(u.shard, c, c + 1, u.pad))
             order.extend(pos[i] for i in range(bs))
+            aug[r][j % workers].extend(keys[r * bs : (r + 1) * bs])  # indexed by output position
     return EpochPlan(
         seed=base.seed,
         epoch=base.epoch,
@@ -365,4 +385,5 @@ def elastic_plan(base: EpochPlan, consumed: int, *, world_size: int, workers: in
         _unit_starts=base._unit_starts,
         _shard_offsets=offsets,
         _orders=tuple(tuple(tuple(o) for o in rank) for rank in orders),
+        _aug_keys=tuple(tuple(tuple(a) for a in rank) for rank in aug),
     )

@@ -35,6 +35,12 @@ rank alternate between workers, so the count fixes how many batches each worker 
 rotates the worker roles so that DataLoader worker 0 plays the worker that owns the next batch, and every worker
 skips exactly its delivered units before any decoding.
 
+Elastic resume. The state also carries the run's *canonical layout* (world size, workers per rank and per-rank
+batch of the run's first start), kept across any number of resumes. Every epoch is planned in that layout
+(:func:`shards.plan.make_plan`); a loader whose own layout differs executes it re-laid out by
+:func:`shards.plan.elastic_plan`, so every global step of every epoch holds the units (and augmentation draws) of
+the uninterrupted run. See docs/cluster.md, "Elastic resume".
+
 Corrupt data. Under ``on_error="skip"`` a missing shard, a truncated tar, a sample without ``txt`` or frames, a
 corrupt JPEG or JSON is counted (see :meth:`ShardLoader.stats`) and logged at a limited rate; its batch row is
 filled with the worker's previous good sample marked ``is_pad`` (a blank row when there is none), so every rank
@@ -98,6 +104,8 @@ __all__ = [
     "iter_tar_samples",
     "resolve_shards",
     "STATE_VERSION",
+    "canonical_layout",
+    "canonical_plan",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,6 +114,7 @@ STATE_VERSION = 1
 _ERRORS_KEY = "__errors__"
 _WIRE_KEY = "__wire__"
 CONVERT_IN = ("main", "worker")
+_LAYOUT_KEYS = ("world_size", "workers", "batch_size")
 _RING_SPARE = 2  # wire buffers per worker beyond prefetch_factor (fewer only cost fresh allocations)
 
 
@@ -176,7 +185,9 @@ class LoaderConfig:
 # -- shard list -------------------------------------------------------------------------------------------------
 
 
-def _read_json(url: str, storage: sfs.StorageOptions | None, retries: int = 5, *, missing_ok: bool = False) -> Any:
+def _read_json(
+    url: str, storage: sfs.StorageOptions | None, retries: int = 5, *, missing_ok: bool = False
+) -> Any:
     """Parse an index file (local or remote; remote reads under the retry policy of :mod:`shards.s3`). Every
     error names the URL; ``missing_ok`` returns None for a file that does not exist."""
     try:
@@ -226,7 +237,9 @@ def resolve_shards(cfg: LoaderConfig) -> tuple[list[str], list[int], list[list[i
             sizes = _read_json(sfs.join(folder, SIZES_FILE), cfg.storage, cfg.retries)
             captions = None
             if caps_out is not None:
-                captions = _read_json(sfs.join(folder, CAPTIONS_FILE), cfg.storage, cfg.retries, missing_ok=True)
+                captions = _read_json(
+                    sfs.join(folder, CAPTIONS_FILE), cfg.storage, cfg.retries, missing_ok=True
+                )
             folders[folder] = (sizes, captions)
         sizes, captions = folders[folder]
         if name not in sizes:
@@ -558,7 +571,9 @@ class _SlotReader:
         names = select_frames(raw.members, cfg.num_frames)
         aug = None
         if cfg.augment:
-            aug = sample_augment(mix_seed(cfg.seed, self.plan.epoch, self.rank, self.worker, position, 0xA46))
+            # the unit's coordinates in the canonical plan: the same draw under any (elastic) layout
+            r0, w0, p0 = self.plan.augment_key(self.rank, self.worker, position)
+            aug = sample_augment(mix_seed(cfg.seed, self.plan.epoch, r0, w0, p0, 0xA46))
         dst = out.numpy()  # [T,H,W,3] uint8: this sample's row of the wire batch
         name = names[0]
         try:
@@ -805,6 +820,7 @@ class ShardLoader:
         epoch: int = 0,
         state: dict | None = None,
         tokenizer: Tokenizer | None = None,
+        canonical: dict[str, int] | None = None,
     ) -> None:
         cfg.validate()
         if not 0 <= rank < world_size:
@@ -819,27 +835,47 @@ class ShardLoader:
         self._consumed = 0  # batches delivered in the current epoch
         self._plan: EpochPlan | None = None
         # elastic resume: layouts the current epoch ran under before this one, oldest first, each
-        # {"world_size", "workers", "batch_size", "batches"} (batches: global steps done when it was left)
+        # {"world_size", "workers", "batch_size", "batches"} (batches: global steps done when it was left);
+        # a record only: the plan follows from the canonical layout alone
         self._hops: list[dict[str, int]] = []
+        # the run's canonical layout {"world_size", "workers", "batch_size"}: every epoch is planned in it
+        self.canonical = self._checked_canonical(canonical if canonical is not None else self.layout())
         self._stats: Counter[str] = Counter({k: 0 for k in ERROR_KINDS})
         self._pool = _BufferPool(cfg.output_buffers)
         self._idle_wires: _WireSet | None = None
         if state is not None:
             self.load_state_dict(state)
 
-    def plan(self) -> EpochPlan:
-        """The current epoch's plan (cached)."""
-        if self._plan is None or self._plan.epoch != self.epoch:
-            first = self._hops[0] if self._hops else None
-            plan = self._base_plan(
-                first["world_size"] if first else self.world_size,
-                first["workers"] if first else self.workers,
-                first["batch_size"] if first else self.cfg.batch_size,
+    def layout(self) -> dict[str, int]:
+        """This loader's own layout: ``{"world_size", "workers", "batch_size"}`` (per-rank batch)."""
+        return {"world_size": self.world_size, "workers": self.workers, "batch_size": self.cfg.batch_size}
+
+    def _checked_canonical(self, canonical: dict[str, Any]) -> dict[str, int]:
+        """``canonical`` as ints, refused (ValueError) when malformed or when its global batch is not this
+        loader's: an epoch planned in it could not keep its global steps."""
+        try:
+            out = {k: int(canonical[k]) for k in _LAYOUT_KEYS}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"canonical layout {canonical!r}: needs integer {', '.join(_LAYOUT_KEYS)}"
+            ) from e
+        if min(out.values()) < 1:
+            raise ValueError(f"canonical layout {out}: every value must be >= 1")
+        g_canon, g_now = out["world_size"] * out["batch_size"], self.world_size * self.cfg.batch_size
+        if g_canon != g_now:
+            raise ValueError(
+                f"cannot resume the loader with a different layout (global batch (world_size x batch_size): "
+                f"canonical {g_canon} ({out['world_size']} x {out['batch_size']}) vs now {g_now} "
+                f"({self.world_size} x {self.cfg.batch_size}); {self.world_size} ranks keep a global batch of "
+                f"{g_canon} only when {self.world_size} divides it)"
             )
-            layouts = [*self._hops[1:], {"world_size": self.world_size, "workers": self.workers}]
-            for hop, nxt in zip(self._hops, layouts[: len(self._hops)], strict=True):
-                plan = elastic_plan(plan, hop["batches"], world_size=nxt["world_size"], workers=nxt["workers"])
-            self._plan = plan
+        return out
+
+    def plan(self) -> EpochPlan:
+        """The current epoch's plan (cached): :func:`~shards.plan.make_plan` in the canonical layout, re-laid out
+        for this loader's layout by :func:`~shards.plan.elastic_plan` when the two differ (:func:`canonical_plan`)."""
+        if self._plan is None or self._plan.epoch != self.epoch:
+            self._plan = canonical_plan(self._base_plan, self.canonical, self.layout())
         return self._plan
 
     def _base_plan(self, world_size: int, workers: int, batch_size: int) -> EpochPlan:
@@ -864,8 +900,7 @@ class ShardLoader:
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (new shard order, captions, buffer order) from its first batch."""
         self.epoch, self._start, self._consumed = int(epoch), 0, 0
-        if self._hops:  # an elastic epoch is over: later epochs use this loader's own layout
-            self._hops, self._plan = [], None
+        self._hops = []  # the record of the interrupted epoch's layouts (the canonical layout stays)
 
     def _dataloader(self, dataset: _EpochDataset) -> DataLoader:
         c = self.cfg
@@ -958,8 +993,9 @@ class ShardLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Resume state, JSON-safe (ints, strings, lists of dicts of ints): the epoch and batches delivered by this
-        rank (= global steps done, identical on every rank), the layout it was made with, and ``elastic``: the
-        earlier layouts of this epoch after an elastic resume (empty otherwise)."""
+        rank (= global steps done, identical on every rank), the layout it was made with, ``canonical``: the
+        run's canonical layout (every epoch is planned in it), and ``elastic``: the earlier layouts of this epoch
+        after an elastic resume (empty otherwise; a record, the plan does not need it)."""
         plan = self.plan()
         return {
             "version": STATE_VERSION,
@@ -976,26 +1012,45 @@ class ShardLoader:
             "caption_mode": self.cfg.caption_mode,
             "num_units": plan.num_units,
             "elastic": [dict(h) for h in self._hops],
+            "canonical": dict(self.canonical),
+        }
+
+    def layout_state(self) -> dict[str, Any]:
+        """The state to save at an epoch boundary: no position, only what the next epoch needs to be planned
+        like the uninterrupted run's (the canonical layout) and the checks of :meth:`load_state_dict`. Loading
+        it starts the loader's epoch from its first batch."""
+        return {
+            "version": STATE_VERSION,
+            "seed": self.cfg.seed,
+            "caption_mode": self.cfg.caption_mode,
+            "canonical": dict(self.canonical),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (see :meth:`state_dict`), also when it was saved with another world size or
-        worker count (elastic resume, :func:`shards.plan.elastic_plan`): then the rest of the interrupted epoch
-        keeps the saved run's global steps, which needs ``world_size * batch_size`` (the global batch) unchanged.
-        Seed, caption mode and the data (``num_units``) must match."""
+        """Continue from ``state`` (see :meth:`state_dict`; or :meth:`layout_state`: the loader's epoch from its
+        first batch), also when it was saved with another world size or worker count (elastic resume): the
+        saved canonical layout is adopted (:func:`canonical_layout`), so the rest of the interrupted epoch and
+        every later epoch keep the uninterrupted run's global steps, which needs ``world_size * batch_size`` (the
+        global batch) unchanged. Seed, caption mode and the data (``num_units``) must match."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r} != {STATE_VERSION}")
-        self.epoch = int(state["epoch"])
-        hops = [dict(h) for h in state.get("elastic", [])]
         expect = {"seed": self.cfg.seed, "caption_mode": self.cfg.caption_mode}
         bad = {k: (state.get(k), v) for k, v in expect.items() if state.get(k) != v}
-        g_saved = int(state["batch_size"]) * int(state["world_size"])
         g_now = self.cfg.batch_size * self.world_size
-        if g_saved != g_now:
-            bad["global batch (world_size x batch_size)"] = (g_saved, g_now)
+        if "batches" in state:
+            g_saved = int(state["batch_size"]) * int(state["world_size"])
+            if g_saved != g_now:
+                bad["global batch (world_size x batch_size)"] = (g_saved, g_now)
         if bad:
             detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in bad.items())
             raise ValueError(f"cannot resume the loader with a different layout ({detail})")
+        canonical = self._checked_canonical(canonical_layout(state))
+        if "batches" not in state:  # an epoch boundary (layout_state): only the canonical layout carries over
+            self.canonical, self._hops, self._plan = canonical, [], None
+            self._start = self._consumed = 0
+            return
+        self.epoch = int(state["epoch"])
+        hops = [dict(h) for h in state.get("elastic", [])]
         batches = int(state["batches"])
         same = (int(state["world_size"]), int(state["workers"])) == (self.world_size, self.workers)
         if not same and batches > 0:
@@ -1007,10 +1062,11 @@ class ShardLoader:
                     "batches": batches,
                 }
             )
-        self._hops, self._plan = hops, None
+        previous = self.canonical
+        self.canonical, self._hops, self._plan = canonical, hops, None
         if self.plan().num_units != state.get("num_units"):
             n = self.plan().num_units
-            self._hops, self._plan = [], None
+            self.canonical, self._hops, self._plan = previous, [], None
             raise ValueError(
                 f"cannot resume the loader with a different layout (num_units: saved {state.get('num_units')!r}"
                 f" vs now {n!r})"
@@ -1028,6 +1084,50 @@ def build_loader(
     epoch: int = 0,
     state: dict | None = None,
     tokenizer: Tokenizer | None = None,
+    canonical: dict[str, int] | None = None,
 ) -> ShardLoader:
-    """The rank's loader; see :class:`ShardLoader`. Never pass it through ``accelerator.prepare``."""
-    return ShardLoader(cfg, rank=rank, world_size=world_size, epoch=epoch, state=state, tokenizer=tokenizer)
+    """The rank's loader; see :class:`ShardLoader`. Never pass it through ``accelerator.prepare``.
+
+    ``canonical``: the run's canonical layout (``{"world_size", "workers", "batch_size"}``, e.g. another loader's
+    ``.canonical``) to plan every epoch in; default this loader's own layout. A ``state`` overrides it."""
+    return ShardLoader(
+        cfg,
+        rank=rank,
+        world_size=world_size,
+        epoch=epoch,
+        state=state,
+        tokenizer=tokenizer,
+        canonical=canonical,
+    )
+
+
+def canonical_layout(state: dict[str, Any]) -> dict[str, int]:
+    """The canonical layout a loader state records: its ``canonical`` entry; for a state written before that
+    entry existed, the layout the interrupted epoch started in (its first ``elastic`` record), else the saved
+    layout itself."""
+    if "canonical" in state:
+        return dict(state["canonical"])
+    first = state.get("elastic") or [state]
+    try:
+        return {k: int(first[0][k]) for k in _LAYOUT_KEYS}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"loader state without a usable layout ({e!r}): keys {sorted(state)}") from e
+
+
+def canonical_plan(
+    make: Callable[[int, int, int], EpochPlan], canonical: dict[str, int], current: dict[str, int]
+) -> EpochPlan:
+    """The plan of one epoch for layout ``current`` in a run whose canonical layout is ``canonical`` (both
+    ``{"world_size", "workers", "batch_size"}``); ``make(world_size, workers, batch_size)`` is
+    :func:`shards.plan.make_plan` for the epoch.
+
+    The same layout: ``make(canonical)``, exactly the plan of a run that never changed its layout. Another one:
+    ``elastic_plan(make(canonical), 0, current)``: each global step holds the canonical plan's units, spread
+    over the current ranks and workers (``ValueError`` when the current world size does not divide the global
+    batch). A resumed loader starts that plan at its saved step; planning the whole epoch (``consumed=0``
+    rather than the saved step, which would only turn the steps before it into unread placeholders) gives the
+    same remaining batches and keeps a replay of the epoch correct."""
+    base = make(canonical["world_size"], canonical["workers"], canonical["batch_size"])
+    if (canonical["world_size"], canonical["workers"]) == (current["world_size"], current["workers"]):
+        return base
+    return elastic_plan(base, 0, world_size=current["world_size"], workers=current["workers"])

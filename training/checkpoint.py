@@ -217,7 +217,9 @@ def _set_rng(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
 
 
 # -- save ---------------------------------------------------------------------------------------------------
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
+def _save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None
+) -> None:
     """safetensors bytes written with a plain ``open`` (mode 0644 under the usual umask): ``save_file`` creates
     its files 0600, which colleagues on a shared file system cannot read."""
     from safetensors.torch import save
@@ -330,8 +332,10 @@ def load_checkpoint(
     bank: Any,
 ) -> dict[str, Any] | None:
     """Restore model, optimiser, schedule, scaler, progress, bank and this rank's RNG from ``path``; return this
-    rank's loader state (``None`` at an epoch boundary). Nothing is unpickled; a file that does not parse raises
-    :class:`CheckpointError` naming it. Every rank reads the files itself (a shared file system)."""
+    rank's loader state (at an epoch boundary the loader's ``layout_state()``, no position; ``None`` for an
+    epoch-boundary checkpoint written before that, whose loader state is empty). Nothing is unpickled; a file that
+    does not parse raises :class:`CheckpointError` naming it. Every rank reads the files itself (a shared file
+    system)."""
     problem = checkpoint_problem(path)
     if problem is not None:
         raise CheckpointError(f"{path}: not a complete checkpoint ({problem})")

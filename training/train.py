@@ -151,9 +151,20 @@ def _select_rows(feats: Any, rows: torch.Tensor) -> Any:
 
 
 @torch.no_grad()
-def prefill_bank(bank: Any, model: torch.nn.Module, cfg: TrainConfig, accelerator: Any, epoch: int) -> int:
+def prefill_bank(
+    bank: Any,
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    accelerator: Any,
+    epoch: int,
+    *,
+    canonical: dict[str, int] | None = None,
+) -> int:
     """Epoch start: encode ``bank.prefill_batches`` batches of the training split (eval mode, no grad), gather
-    them across ranks and fill the bank (docs/method.md §4); returns the number of samples in the bank."""
+    them across ranks and fill the bank (docs/method.md §4); returns the number of samples in the bank.
+
+    ``canonical``: the run's canonical loader layout (the training loader's ``.canonical``): the pre-fill loader
+    plans its epoch in it, so after an elastic resume the bank holds the samples of the uninterrupted run."""
     from shards.reader import build_loader
     from training.distributed import gather_nograd
 
@@ -169,7 +180,11 @@ def prefill_bank(bank: Any, model: torch.nn.Module, cfg: TrainConfig, accelerato
         seed_offset=BANK_SEED_OFFSET,
     )
     loader = build_loader(
-        lcfg, rank=accelerator.process_index, world_size=accelerator.num_processes, epoch=epoch
+        lcfg,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        epoch=epoch,
+        canonical=canonical,
     )
     was_training = model.training
     model.eval()
@@ -567,7 +582,8 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
     )
 
     def checkpoint(loader_position: dict) -> None:
-        """Save the run at ``progress.step`` with the loader's resume position (``{}`` at an epoch end)."""
+        """Save the run at ``progress.step`` with the loader's resume position (at an epoch end its
+        ``layout_state()``: no position, the run's canonical layout for the next epochs)."""
         save_checkpoint(
             accelerator,
             run_dir,
@@ -588,14 +604,14 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
     try:
         for epoch in range(progress.epoch, cfg.optim.epochs):
             progress.epoch = epoch
-            if loader_state is not None:  # resumed mid-epoch: continue with the exact next batch
+            if loader_state is not None:  # resumed: the next batch, planned in the run's canonical layout
                 loader = build_loader(train_cfg, rank=rank, world_size=world, epoch=epoch, state=loader_state)
                 loader_state = None
             else:
                 loader.set_epoch(epoch)
             ctx["loader"] = loader
             if progress.step_in_epoch == 0 and use_bank:
-                prefill_bank(bank, unwrapped, cfg, accelerator, epoch)
+                prefill_bank(bank, unwrapped, cfg, accelerator, epoch, canonical=loader.canonical)
             model.train()
             t_last = time.perf_counter()
             for batch in loader:
@@ -631,7 +647,7 @@ def train(cfg: TrainConfig, accelerator: Any, *, resume: str | None = None) -> d
             progress.epoch, progress.step_in_epoch = epoch + 1, 0
             if cfg.eval.at_epoch_end:
                 validator(model, progress)
-            checkpoint({})
+            checkpoint(loader.layout_state())
             if preempt.should_stop():
                 preempted = True
                 break
