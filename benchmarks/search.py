@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -112,9 +111,10 @@ def _rss_gb() -> tuple[float, float, float, float]:
     of each faulted page too, so it grows with what is cached, not only with what is read)."""
     with open("/proc/self/status") as f:
         st = {k: v for k, v in (line.split(":", 1) for line in f)}
-    kb = {k: int(st[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile")}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb["VmRSS"] / 2**20, peak / 2**20, kb["RssAnon"] / 2**20, kb["RssFile"] / 2**20
+    # peak: VmHWM (this process image's high-water mark); getrusage's ru_maxrss survives fork + exec, so a child
+    # would report the parent's peak (the index generation's)
+    kb = {k: int(st[k].split()[0]) for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+    return kb["VmRSS"] / 2**20, kb["VmHWM"] / 2**20, kb["RssAnon"] / 2**20, kb["RssFile"] / 2**20
 
 
 def run_mode(work: str, mode: str, n_q: int, k: int, cand: int, n_ref: int = 0) -> dict:

@@ -29,7 +29,7 @@ SCRIPTS = _scripts()
 
 
 def run_script(
-    name: str, *args: str, cwd: str | None = None, timeout: float = 120
+    name: str, *args: str, cwd: str | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """``name ARGS`` exactly as the installed console script runs it (``module:function`` of pyproject)."""
     module, _, func = SCRIPTS[name].partition(":")
