@@ -117,7 +117,7 @@ def _rss_gb() -> tuple[float, float, float, float]:
     return kb["VmRSS"] / 2**20, kb["VmHWM"] / 2**20, kb["RssAnon"] / 2**20, kb["RssFile"] / 2**20
 
 
-def run_mode(work: str, mode: str, n_q: int, k: int, cand: int, n_ref: int = 0) -> dict:
+def run_mode(work: str, mode: str, n_q: int, k: int, cand: int, n_ref: int = 0, ef: int = 256) -> dict:
     """One measurement in this process: ``exhaustive`` | ``exact`` (matmul candidates) | ``usearch`` (the stored
     graph). ``exhaustive`` times ``n_q`` single queries and returns the top-k rows of ``n_ref`` queries from one
     batched pass (the recall reference: every token read once for all of them)."""
@@ -127,7 +127,7 @@ def run_mode(work: str, mode: str, n_q: int, k: int, cand: int, n_ref: int = 0) 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     t0 = time.perf_counter()
     ix = open_index(work)
-    s = Searcher(ix, None, ann="exact" if mode != "usearch" else "usearch")
+    s = Searcher(ix, None, ann="exact" if mode != "usearch" else "usearch", ef=ef)
     setup = time.perf_counter() - t0
     t = queries(ix, max(n_q, n_ref))
     lat, rows = [], []
@@ -149,10 +149,10 @@ def run_mode(work: str, mode: str, n_q: int, k: int, cand: int, n_ref: int = 0) 
     }  # fmt: skip
 
 
-def _child(work: str, mode: str, n_q: int, k: int, cand: int, n_ref: int = 0) -> dict:
+def _child(work: str, mode: str, n_q: int, k: int, cand: int, n_ref: int = 0, ef: int = 256) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--work", work, "--queries", str(n_q), "--k", str(k),
-         "--candidates", str(cand), "--exhaustive-queries", str(n_ref)],
+         "--candidates", str(cand), "--exhaustive-queries", str(n_ref), "--ef", str(ef)],
         capture_output=True, text=True, timeout=3600, check=False,
     )  # fmt: skip
     if out.returncode != 0:
@@ -170,6 +170,7 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/nr-search-bench")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--ef", type=int, default=256, help="HNSW expansion_search of the graph stage")
     p.add_argument("--queries", type=int, default=0, help="queries per measurement (0: by size)")
     p.add_argument(
         "--exhaustive-queries",
@@ -181,7 +182,7 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the generated indexes")
     a = p.parse_args()
     if a.child:
-        print(json.dumps(run_mode(a.work, a.child, a.queries, a.k, a.candidates, a.exhaustive_queries)))
+        print(json.dumps(run_mode(a.work, a.child, a.queries, a.k, a.candidates, a.exhaustive_queries, a.ef)))
         return 0
     print(f"load before: {os.getloadavg()}  cores: {os.cpu_count()}")
     res = {}
@@ -206,7 +207,7 @@ def main() -> int:
             "exhaustive": {k: v for k, v in ex.items() if k != "rows"},
         }
         for mode in ("exact", "usearch"):
-            r = _child(work, mode, max(n_ref, n_q if mode == "usearch" else 20), a.k, a.candidates)
+            r = _child(work, mode, max(n_ref, n_q if mode == "usearch" else 20), a.k, a.candidates, ef=a.ef)
             rec = np.mean(
                 [len(set(x) & set(y)) / a.k for x, y in zip(r["rows"][:n_ref], ex["rows"], strict=True)]
             )

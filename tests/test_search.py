@@ -84,7 +84,7 @@ def test_index_has_manifest_parts_thumbnails(built, ckpt):
     assert [p["videos"] for p in m["parts"]] == [8, 8, 8, 6]
     assert m["source"]["sizes"] == [8, 8, 8, 6] and m["bank"]["queries"] == 48
     assert len(m["checkpoint_sha256"]) == 64 and m["config"]["model"]["arch"] == "nr-tiny"
-    assert m["ann"] is None and not (built / "ann.usearch").exists()  # ann=auto: 30 videos < 50,000
+    assert m["ann"] is None and not (built / "ann.usearch").exists()  # ann=auto: 30 videos < 10,000
     s = _searcher(built, ckpt["ckpt"])
     ix = s.index
     assert ix.size == 30 and len(set(ix.keys)) == 30 and all(len(c) == 2 for c in ix.captions)
