@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 from test_train_resume import _descendants, _kill9_tree, _launch_cmd
-from train_fixtures import REPO, run_cli, tiny_config_text, write_dataset
+from train_fixtures import REPO, run_cli, tiny_config_text, trainer_env, write_dataset
 
 from training.checkpoint import MANIFEST, CheckpointError, list_checkpoints, load_checkpoint, resolve_resume
 from training.logging_utils import read_metrics
@@ -37,13 +37,7 @@ class _Exploit:
 
 
 def _env() -> dict[str, str]:
-    return dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        ACCELERATE_USE_CPU="1",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
+    return trainer_env()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_train_resume import _kill9_tree
-from train_fixtures import REPO, _free_port, run_cli, tiny_config_text, write_dataset
+from train_fixtures import REPO, _free_port, run_cli, tiny_config_text, trainer_env, write_dataset
 
 from training.logging_utils import read_metrics
 
@@ -32,13 +32,7 @@ TIMEOUT = 420  # per trainer run (2 busy CPU cores)
 
 
 def _env() -> dict[str, str]:
-    return dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        ACCELERATE_USE_CPU="1",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
+    return trainer_env()
 
 
 def _train_until_checkpoint(cfg: str, out: str, step: int, log_path: str) -> None:

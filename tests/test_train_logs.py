@@ -13,7 +13,7 @@ import sys
 import termios
 import time
 
-from train_fixtures import REPO, run_cli, tiny_config_text, write_dataset
+from train_fixtures import REPO, run_cli, tiny_config_text, trainer_env, write_dataset
 
 
 def _run_in_pty(cmd: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
@@ -52,13 +52,7 @@ def test_tty_run_shows_a_tqdm_bar_and_the_summary(tmp_path):
     out = tmp_path / "run"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(tiny_config_text(root, str(out)))
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        ACCELERATE_USE_CPU="1",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
+    env = trainer_env()
     cmd = [
         sys.executable,
         "-m",

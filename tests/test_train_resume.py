@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from train_fixtures import REPO, _free_port, run_cli, tiny_config_text, write_dataset
+from train_fixtures import REPO, _free_port, run_cli, tiny_config_text, trainer_env, write_dataset
 
 from training.logging_utils import read_metrics
 
@@ -79,13 +79,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 
     run_cli(["training.train", "--config", str(cfg), f"run.out={ref}", *ARGS], nproc=2)
 
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        ACCELERATE_USE_CPU="1",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
+    env = trainer_env()
     first_ckpt = os.path.join(killed, "checkpoints", "step-00000004")
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(

@@ -189,6 +189,18 @@ run:
     return text
 
 
+def trainer_env() -> dict[str, str]:
+    """The environment of a trainer subprocess in the tests: offline hub, CPU Accelerate, one BLAS thread, this
+    repository first on PYTHONPATH."""
+    return dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        ACCELERATE_USE_CPU="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+
+
 def run_cli(
     args: list[str],
     *,
@@ -199,16 +211,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run ``python -m training.<module> ARGS`` (nproc 1) or under ``accelerate launch --multi_gpu`` on
     CPU."""
-    full_env = dict(os.environ)
-    full_env.update(
-        {
-            "HF_HUB_OFFLINE": "1",
-            "ACCELERATE_USE_CPU": "1",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": REPO + os.pathsep + full_env.get("PYTHONPATH", ""),
-        }
-    )
-    full_env.update(env or {})
+    full_env = {**trainer_env(), **(env or {})}
     if nproc == 1:
         cmd = [sys.executable, "-m", *args]
     else:
