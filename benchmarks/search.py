@@ -118,7 +118,7 @@ def _rss_gb() -> tuple[float, float, float, float]:
 
 
 def run_mode(work: str, mode: str, n_q: int, k: int, cand: int, n_ref: int = 0, ef: int = 256) -> dict:
-    """One measurement in this process: ``exhaustive`` | ``exact`` (matmul candidates) | ``usearch`` (the stored
+    """One measurement in this process: ``exhaustive`` | ``exact`` (SIMD-scan candidates) | ``usearch`` (the stored
     graph). ``exhaustive`` times ``n_q`` single queries and returns the top-k rows of ``n_ref`` queries from one
     batched pass (the recall reference: every token read once for all of them)."""
     from search.engine import Searcher
@@ -207,7 +207,7 @@ def main() -> int:
             "exhaustive": {k: v for k, v in ex.items() if k != "rows"},
         }
         for mode in ("exact", "usearch"):
-            r = _child(work, mode, max(n_ref, n_q if mode == "usearch" else 20), a.k, a.candidates, ef=a.ef)
+            r = _child(work, mode, max(n_ref, n_q), a.k, a.candidates, ef=a.ef)
             rec = np.mean(
                 [len(set(x) & set(y)) / a.k for x, y in zip(r["rows"][:n_ref], ex["rows"], strict=True)]
             )
@@ -216,15 +216,20 @@ def main() -> int:
         print(json.dumps(line), flush=True)
         ratio = ex["p50_ms"] / line["usearch"]["p50_ms"]
         print(f"n={n}: exhaustive WTI p50 {ex['p50_ms']:.1f} ms vs two-stage (usearch) "
-              f"{line['usearch']['p50_ms']:.1f} ms ({ratio:.0f}x), exact-matmul two-stage "
+              f"{line['usearch']['p50_ms']:.1f} ms ({ratio:.0f}x), exact-scan two-stage "
               f"{line['exact']['p50_ms']:.1f} ms; recall@10 usearch {line['usearch']['recall10']:.3f}, "
               f"exact {line['exact']['recall10']:.3f}", flush=True)  # fmt: skip
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"load after: {os.getloadavg()}")
     big = max(res)
-    best = min(("exact", "usearch"), key=lambda m: res[big][m]["p50_ms"])
-    r = res[big][best]
+    # the RESULT is the mode nr-search uses by default at this size (nr-index --ann auto stores a graph from
+    # AUTO_MIN_VIDEOS videos, and search then uses it), not the better of the two
+    from search.ann import AUTO_MIN_VIDEOS
+
+    auto = "usearch" if big >= AUTO_MIN_VIDEOS else "exact"
+    r = res[big][auto]
+    print(f"default (--ann auto) at {big} videos: {auto}")
     # keys name the size measured: a search_1m_* value only ever comes from a 1M-video index
     size = "1m" if big == 1_000_000 else (f"{big // 1000}k" if big % 1000 == 0 else str(big))
     print(f"RESULT search_{size}_p50_ms={r['p50_ms']:.1f} search_{size}_recall10={r['recall10']:.3f} "

@@ -39,13 +39,14 @@ FRAME_SIZE=64
 # Comparison mode (`make compare`) runs on the hard synthetic set instead (preprocess.synth --mode hard: long-tailed
 # attribute combinations, near-duplicate clips, a generic and a specific caption per clip) with a 1,000-video test
 # split (100 test queries give a +-10-point R@1 interval; 2,000 caption queries about +-2), in its own folder, and
-# trains both systems on COMPARE_SEEDS seeds. Knobs: COMPARE_SEEDS (3) COMPARE_TRAIN (600) COMPARE_TEST (1000).
+# trains both systems on COMPARE_SEEDS seeds. Knobs: COMPARE_SEEDS (3) COMPARE_TRAIN (600) COMPARE_VAL (200)
+# COMPARE_TEST (1000); the test suite runs a tiny version (tests/test_demo_scripts.py).
 SEEDS=${COMPARE_SEEDS:-3}
 if [ $COMPARE = 1 ]; then
   OUT=$OUT/compare_hard
-  SYNTH_ARGS=(--mode hard --num-train "${COMPARE_TRAIN:-600}" --num-val 200 --num-test "${COMPARE_TEST:-1000}"
-              --seconds 3 --fps 8 --size 64 --seed 0 --workers 2)
-  SYNTH_TOTAL=$(( ${COMPARE_TRAIN:-600} + 200 + ${COMPARE_TEST:-1000} ))
+  SYNTH_ARGS=(--mode hard --num-train "${COMPARE_TRAIN:-600}" --num-val "${COMPARE_VAL:-200}"
+              --num-test "${COMPARE_TEST:-1000}" --seconds 3 --fps 8 --size 64 --seed 0 --workers 2)
+  SYNTH_TOTAL=$(( ${COMPARE_TRAIN:-600} + ${COMPARE_VAL:-200} + ${COMPARE_TEST:-1000} ))
 fi
 PREPROCESS_ARGS=(--config configs/preprocess/synth.yaml "anno_path=$OUT/synth/annotations.jsonl"
                  "video_root=$OUT/synth" "out=$OUT/shards" "frame_size=$FRAME_SIZE" progress=false)

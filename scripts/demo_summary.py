@@ -100,7 +100,8 @@ def _relevance(path: str | os.PathLike) -> np.ndarray:
 
 def chance_metrics(scores_path: str | os.PathLike, ks: Sequence[int] = KS) -> dict[str, float]:
     """Flat ``t2v/R@k`` and ``v2t/R@k`` chance levels (percent) of the test split in ``scores_path``, plus the
-    expected median rank of a random ranking for one relevant item ((G + 1) / 2)."""
+    expected median rank of a random ranking for one relevant item ((G + 1) / 2), and the split's ``n_texts`` /
+    ``n_videos``."""
     rel = _relevance(scores_path)
     q, g = rel.shape
     out: dict[str, float] = {}
@@ -109,6 +110,7 @@ def chance_metrics(scores_path: str | os.PathLike, ks: Sequence[int] = KS) -> di
         out[f"v2t/R@{k}"] = chance_recall(rel.sum(0), q, k)
     out["t2v/MdR"] = (g + 1) / 2
     out["v2t/MdR"] = (q + 1) / 2
+    out["n_texts"], out["n_videos"] = float(q), float(g)  # the split's size, for the table's title
     return out
 
 
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = [(LABELS["chance"], chance), (LABELS["untrained"], systems["untrained"]),
             (LABELS["neighborretr"], systems["neighborretr"])]
-    _say("\nResults on the test split (100 videos; R@K in %, MdR = median rank, N10 = 10-occurrence hubness):")
+    _say(f"\nResults on the test split ({int(chance['n_videos'])} videos, {int(chance['n_texts'])} captions; R@K in %, "
+         "MdR = median rank, N10 = 10-occurrence hubness):")
     _say(markdown_table(rows, DEMO_COLUMNS))
     _say(f"report: {args.report}/report.md, {args.report}/metrics.json, plots: {args.report}/*.png")
     if compare is not None:

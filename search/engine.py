@@ -2,8 +2,8 @@
 
 Two stages per query q (text tokens T_q, mask, weights from the checkpoint's text encoder):
 
-1. candidates: the K videos with the largest cosine <g^t_q, g^v_b> of the global embeddings: an exact matrix
-   product over the memory-mapped parts' [n_i, D] blocks (converted to float32 block by block), or the HNSW graph
+1. candidates: the K videos with the largest cosine <g^t_q, g^v_b> of the global embeddings: an exhaustive SIMD
+   scan of the memory-mapped parts' [n_i, D] blocks (:func:`exact_candidates`), or the HNSW graph
    that ``nr-index`` stored with the index (:mod:`search.ann`, memory-mapped; ``ann="auto"``, the default, uses
    it when the index has one; benchmarks/search.py measures where each wins); ``candidates=G`` makes the search
    exhaustive;
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from search.index import Index, read_block
+from search.index import Index
 
 __all__ = ["Hit", "QueryEncoder", "Searcher", "HUBNESS", "ANN_MODES"]
 
@@ -88,6 +88,39 @@ class QueryEncoder:
         return self.encode_ids(*self.ids(texts))
 
 
+def exact_candidates(parts: list[np.ndarray], offsets: Any, g: np.ndarray, k: int) -> np.ndarray:
+    """[Q, k] rows of the k largest inner products <g_q, e_b> over the parts' [n_i, D] blocks, best first (ties by
+    row number): an exhaustive scan with usearch's SIMD kernels (``exact=True``) on each memory-mapped part in its
+    stored dtype, then a merge of the parts' top k.
+
+    Why usearch and not a torch product: a [1, D] x [D, 1M] fp16 product needs the block converted to float32 first
+    and took 1839 ms a query at 1M on two cores; usearch reads the fp16 rows in place (dot products accumulated in
+    float32 by its kernels) and took about 60 ms (benchmarks/search.py). The query is rounded to the parts' dtype,
+    so scores near the K-th differ from a float32 product at the 1e-3 level; they only choose candidates, which
+    the second stage re-scores.
+    """
+    from usearch.index import MetricKind
+    from usearch.index import search as scan
+
+    q = np.ascontiguousarray(g, dtype=np.float32)
+    rows, sims = [], []
+    for p, emb in enumerate(parts):
+        n = min(k, emb.shape[0])
+        if n == 0:
+            continue
+        m = scan(emb, q, n, MetricKind.IP, exact=True, threads=0)  # distance = 1 - <g, e>
+        keys = np.asarray(m.keys, dtype=np.int64).reshape(q.shape[0], -1)[:, :n]
+        rows.append(keys + int(offsets[p]))
+        sims.append(1.0 - np.asarray(m.distances, dtype=np.float64).reshape(q.shape[0], -1)[:, :n])
+    rows_all, sims_all = np.concatenate(rows, axis=1), np.concatenate(sims, axis=1)
+    k = min(k, rows_all.shape[1])
+    out = np.empty((q.shape[0], k), dtype=np.int64)
+    for i in range(q.shape[0]):
+        order = np.lexsort((rows_all[i], -sims_all[i]))[:k]
+        out[i] = rows_all[i][order]
+    return out
+
+
 def rerank_scores(
     similarity: str,
     t_tok: torch.Tensor,
@@ -145,20 +178,7 @@ class Searcher:
             if (keys < 0).any() or keys.shape[1] < k or (keys >= self.index.size).any():
                 raise RuntimeError(f"usearch returned fewer than {k} candidates; raise ef")
             return keys
-        s = np.empty((g.shape[0], self.index.size), dtype=np.float32)  # [Q, G]
-        gt = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))
-        for p, emb in enumerate(self.index.global_parts):
-            a = int(self.index.offsets[p])
-            for b in range(0, emb.shape[0], 1 << 16):
-                # fp16 -> fp32 in torch (multi-threaded): twice numpy's astype on two cores
-                blk = torch.from_numpy(read_block(emb, b, b + (1 << 16))).float()
-                s[:, a + b : a + b + blk.shape[0]] = (gt @ blk.T).numpy()
-        k = min(k, s.shape[1])
-        if k == s.shape[1]:
-            return np.argsort(-s, axis=1, kind="stable")
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
-        return np.take_along_axis(part, order, 1)
+        return exact_candidates(self.index.global_parts, self.index.offsets, g, k)
 
     def exhaustive_scores(
         self, t_tok: torch.Tensor, t_mask: torch.Tensor, t_w: torch.Tensor, chunk: int = 4096

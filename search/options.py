@@ -36,7 +36,7 @@ class IndexOptions:
     batch_size: int | None = _f(None, "videos per encoding batch (default data.eval_batch_size)")
     cpu: bool = _f(False, "run on CPU even when CUDA exists")
     ann: str = _f(
-        "auto", "first-stage graph stored with the index: auto (from 10,000 videos) | usearch | none"
+        "auto", "first-stage graph stored with the index: auto (from 1,500,000 videos) | usearch | none"
     )
 
 

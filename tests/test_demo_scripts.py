@@ -70,6 +70,7 @@ def test_chance_metrics_from_scores_file(tmp_path):
     assert m["t2v/R@1"] == pytest.approx(100 * (0.25 + 0.25 + 0.5) / 3)
     # v2t: videos have 1, 2, 1, 0 relevant texts among 3
     assert m["v2t/R@1"] == pytest.approx(100 * (1 / 3 + 2 / 3 + 1 / 3 + 0) / 4)
+    assert (m["n_texts"], m["n_videos"]) == (3, 4)  # the summary's title names the split's size from these
     gt_path = save_scores(tmp_path / "g.npz", np.zeros((4, 4), np.float32), list("abcd"), list("wxyz"),
                           gt=np.arange(4))
     assert summary.chance_metrics(gt_path)["t2v/R@10"] == pytest.approx(100.0)  # k clipped to G
@@ -211,9 +212,6 @@ def test_demo_sh_rejects_unknown_argument_and_has_valid_syntax():
     assert help_.returncode == 0 and "--compare" in help_.stdout
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
 
 def test_compare_report_has_dbnorm_rows_and_the_seed_table(tmp_path):
     nr = {"test/t2v/R@1": 40.0, "test/v2t/R@1": 41.0}
@@ -230,3 +228,7 @@ def test_compare_report_has_dbnorm_rows_and_the_seed_table(tmp_path):
     text = summary.write_compare_report(tmp_path, summary.markdown_table(rows, summary.COMPARE_COLUMNS), notes).read_text()
     assert "## Seeds (mean +- sd, paired tests vs InfoNCE)" in text and "| infonce | t2v |" in text
     assert "| NeighborRetr + DBNorm | 43.00 |" in text
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

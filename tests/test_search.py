@@ -84,7 +84,7 @@ def test_index_has_manifest_parts_thumbnails(built, ckpt):
     assert [p["videos"] for p in m["parts"]] == [8, 8, 8, 6]
     assert m["source"]["sizes"] == [8, 8, 8, 6] and m["bank"]["queries"] == 48
     assert len(m["checkpoint_sha256"]) == 64 and m["config"]["model"]["arch"] == "nr-tiny"
-    assert m["ann"] is None and not (built / "ann.usearch").exists()  # ann=auto: 30 videos < 10,000
+    assert m["ann"] is None and not (built / "ann.usearch").exists()  # ann=auto: 30 videos < AUTO_MIN_VIDEOS
     s = _searcher(built, ckpt["ckpt"])
     ix = s.index
     assert ix.size == 30 and len(set(ix.keys)) == 30 and all(len(c) == 2 for c in ix.captions)
@@ -424,3 +424,20 @@ def test_page_in_headless_chromium_with_typed_query(server):
         proc.terminate()
         proc.wait(30)
         shutil.rmtree(prof, ignore_errors=True)
+
+
+def test_exact_candidates_equal_a_numpy_product_over_parts():
+    """The exact first stage (usearch's SIMD scan per part + merge) returns the top-k rows of a float64 product
+    over the concatenated parts, best first, with row offsets of parts of unequal size (one empty)."""
+    from search.engine import exact_candidates
+
+    rng = np.random.default_rng(3)
+    sizes = [37, 0, 120, 5]
+    parts = [rng.standard_normal((n, 64)).astype(np.float16) for n in sizes]
+    offsets = np.cumsum([0] + sizes)[:-1]
+    g = rng.standard_normal((4, 64)).astype(np.float16).astype(np.float32)  # fp16-exact: no rounding of the query
+    ref = g.astype(np.float64) @ np.concatenate(parts).astype(np.float64).T
+    for k in (1, 10, 162, 500):
+        got = exact_candidates(parts, offsets, g, k)
+        assert got.shape == (4, min(k, 162))
+        np.testing.assert_array_equal(got, np.argsort(-ref, axis=1, kind="stable")[:, : min(k, 162)])
