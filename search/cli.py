@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from typing import Any
 
 from search.options import IndexOptions, OptionError, SearchOptions, ServeOptions, parse_options
@@ -92,11 +91,20 @@ def index_main(argv: list[str] | None = None) -> int:
         lc = dataclasses.replace(base, urls=[shard], root=None, split=None, num_workers=0)
         return build_loader(lc, rank=0, world_size=1)
 
-    report = sindex.build_index(
-        out=o.out, shard_urls=shards, make_loader=make_loader, model=model, similarity=similarity,
-        dtype=o.dtype, rank=rank, world=world, storage=storage,
-        progress=lambda m: print(f"nr-index: {m}", flush=True) if rank == 0 else None,  # noqa: T201
-    )  # fmt: skip
+    ckpt_sha = sindex.checkpoint_hash(ckpt)
+    try:
+        sources = [
+            sindex.part_source(checkpoint_sha256=ckpt_sha, dtype=o.dtype, similarity=similarity,
+                               shard_url=s, storage=storage)
+            for s in shards
+        ]  # fmt: skip
+        report = sindex.build_index(
+            out=o.out, shard_urls=shards, make_loader=make_loader, model=model, similarity=similarity,
+            dtype=o.dtype, rank=rank, world=world, storage=storage, sources=sources, overwrite=o.overwrite,
+            progress=lambda m: print(f"nr-index: {m}", flush=True) if rank == 0 else None,  # noqa: T201
+        )  # fmt: skip
+    except sindex.IndexError_ as e:
+        return _err(prog, str(e))
     if world > 1:
         import torch.distributed as dist
 
@@ -107,7 +115,7 @@ def index_main(argv: list[str] | None = None) -> int:
         return 0
     info = {
         "checkpoint": os.path.abspath(ckpt),
-        "checkpoint_sha256": sindex.checkpoint_hash(ckpt),
+        "checkpoint_sha256": ckpt_sha,
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
         "source": {"split": url, "shards": [s.rsplit("/", 1)[-1] for s in shards], "sizes": sizes},
         "dtype": o.dtype,
@@ -118,7 +126,7 @@ def index_main(argv: list[str] | None = None) -> int:
     if bank_url is not None:
         info["bank"] = _build_bank(cfg, model, bank_url, o.out, storage, similarity, len(shards))
     info["ann"] = _build_ann(o.ann, o.out, len(shards), storage)
-    m = sindex.write_manifest(o.out, n_parts=len(shards), info=info, storage=storage)
+    m = sindex.write_manifest(o.out, n_parts=len(shards), info=info, storage=storage, sources=sources)
     print(f"nr-index: {m['videos']} videos in {len(m['parts'])} parts -> {o.out} "  # noqa: T201
           f"({report.parts_written} written, {report.parts_skipped} kept, {report.seconds:.1f} s)")  # fmt: skip
     return 0
@@ -162,13 +170,13 @@ def _build_ann(mode: str, out: str, n_parts: int, storage: Any) -> dict | None:
 
     if mode == "none":
         return None
-    with tempfile.TemporaryDirectory(prefix="nr-index-") as cache:  # a remote index's parts, read once
-        blocks = sindex.part_globals(out, n_parts, storage, cache_dir=cache)
-        videos = sum(b.shape[0] for b in blocks)
-        if mode == "auto" and videos < sann.AUTO_MIN_VIDEOS:
-            return None
-        print(f"nr-index: building the first-stage graph over {videos} videos", flush=True)  # noqa: T201
-        return sann.build_ann(out, blocks, storage)
+    # a remote index is read from the download cache (filled by _build_bank when there is a bank)
+    blocks = sindex.part_globals(out, n_parts, storage)
+    videos = sum(b.shape[0] for b in blocks)
+    if mode == "auto" and videos < sann.AUTO_MIN_VIDEOS:
+        return None
+    print(f"nr-index: building the first-stage graph over {videos} videos", flush=True)  # noqa: T201
+    return sann.build_ann(out, blocks, storage)
 
 
 def _print_hits(queries: list[str], hits: list[list[Any]], as_json: bool, index_root: str) -> None:

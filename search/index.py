@@ -4,7 +4,10 @@ Layout of an index folder (local path or ``s3://``)::
 
     manifest.json                 format version, checkpoint hash, config, source, counts, dtype, parts
     parts/part-00007.safetensors  global [n, D], tokens [n, F, D], mask [n, F] uint8, weights [n, F],
-                                  thumbs [n, h, w, 3] uint8; metadata "rows": JSON {keys, video_ids, captions}
+                                  thumbs [n, h, w, 3] uint8; metadata "part": JSON {"rows": {keys, video_ids,
+                                  captions}, "source": {checkpoint_sha256, dtype, similarity, shard, shard_md5,
+                                  shard_bytes}} (one metadata key: safetensors orders several keys differently
+                                  from run to run, which would break byte-identical resumed builds)
     bank.npy                      optional query-bank scores [n_bank, G] float32 (QB-Norm / inverted softmax)
 
 Part ``i`` holds the videos of shard ``i`` of the split (sorted shard names), so a part's content depends only
@@ -12,17 +15,27 @@ on the checkpoint and that shard: a killed build that is resumed writes the same
 one file published atomically (temp name + rename locally, one PUT on S3), so a part exists whole or not at
 all. Under ``accelerate launch`` rank ``r`` writes the parts ``i % world == r``; rank 0 writes the manifest
 after every part exists. Only safetensors, npy and JSON are written or read (nothing is unpickled).
+
+Provenance: every part records what it was built from (its "source": checkpoint hash, dtype, similarity, the
+shard's name, md5 and size), and the manifest repeats each part's source. A resumed build keeps an existing part
+only when its source equals the one it would write now (otherwise a named error, or a re-encode with
+``overwrite``); :func:`open_index` refuses a part whose source differs from the manifest's. So an index rebuilt
+in place with another checkpoint, dtype or shard set is never a silent mix of old and new embeddings.
+
+A remote index is read from a local download cache (:func:`local_copy`): each file is downloaded once, and a
+cached file is reused only while the remote object's identity (size and ETag, or size and modification time
+where the store has no ETag) is the one recorded when it was downloaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,11 +59,13 @@ __all__ = [
     "local_copy",
     "read_rows",
     "read_block",
+    "part_source",
+    "default_cache_dir",
 ]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: parts carry their source (provenance) and the manifest repeats it
 MANIFEST = "manifest.json"
 BANK_FILE = "bank.npy"
 THUMB_SIZE = 96  # longest thumbnail side in pixels
@@ -172,7 +187,56 @@ def encode_part(
     return out
 
 
-def _part_bytes(enc: dict[str, Any], captions: dict[str, list[str]]) -> bytes:
+def part_source(
+    *, checkpoint_sha256: str, dtype: str, similarity: str, shard_url: str, storage: Any = None
+) -> dict[str, Any]:
+    """What part ``i`` is built from: the checkpoint, stored dtype, similarity and shard ``i``.
+
+    The shard is named by its file name plus its md5 and byte size from the split's ``shardindex.json`` (written by
+    ``nr-shards-index``); without that file, its byte size from the store (md5 ``None``)."""
+    folder, name = shard_url.rsplit("/", 1) if "/" in shard_url else (".", shard_url)
+    md5, size = None, None
+    try:
+        index = json.loads(sfs.read_bytes(sfs.join(folder, "shardindex.json"), storage))
+        for row in index.get("shardlist", []):
+            if row.get("url") == name:
+                md5, size = row.get("md5sum"), row.get("filesize")
+    except (FileNotFoundError, ValueError, AttributeError):
+        pass
+    if size is None:
+        fs, path = sfs.filesystem(shard_url, storage)
+        size = int(fs.size(path))
+    return {
+        "checkpoint_sha256": checkpoint_sha256,
+        "dtype": dtype,
+        "similarity": similarity,
+        "shard": name,
+        "shard_md5": md5,
+        "shard_bytes": int(size),
+    }
+
+
+def _source_diff(have: dict[str, Any] | None, want: dict[str, Any] | None) -> str:
+    """Human-readable fields in which two part sources differ ('' when equal)."""
+    if have == want:
+        return ""
+    if have is None or want is None:
+        return "no recorded source (built by an older version)" if have is None else "unexpected source"
+    keys = sorted(set(have) | set(want))
+    return ", ".join(f"{k} {have.get(k)!r} != {want.get(k)!r}" for k in keys if have.get(k) != want.get(k))
+
+
+def _part_meta(header: dict[str, Any], path: str) -> dict[str, Any]:
+    """The part's metadata JSON ({"rows", "source"}) from a safetensors header."""
+    raw = (header.get("__metadata__") or {}).get("part")
+    if raw is None:
+        raise IndexError_(f"{path}: no 'part' metadata (not an index part, or from an older version)")
+    return json.loads(raw)
+
+
+def _part_bytes(
+    enc: dict[str, Any], captions: dict[str, list[str]], source: dict[str, Any] | None = None
+) -> bytes:
     from safetensors.torch import save
 
     rows = {
@@ -181,7 +245,8 @@ def _part_bytes(enc: dict[str, Any], captions: dict[str, list[str]]) -> bytes:
         "captions": [captions.get(k, []) for k in enc["keys"]],
     }
     tensors = {k: enc[k].contiguous() for k in ("global", "tokens", "mask", "weights", "thumbs")}
-    return save(tensors, metadata={"rows": json.dumps(rows, sort_keys=True, ensure_ascii=False)})
+    meta = {"rows": rows, "source": source}
+    return save(tensors, metadata={"part": json.dumps(meta, sort_keys=True, ensure_ascii=False)})
 
 
 @dataclass
@@ -205,19 +270,45 @@ def build_index(
     world: int = 1,
     storage: Any = None,
     progress: Callable[[str], None] | None = None,
+    sources: list[dict[str, Any]] | None = None,
+    overwrite: bool = False,
 ) -> BuildReport:
-    """Write this rank's missing parts (part i = shard i, i % world == rank); existing parts are kept.
+    """Write this rank's parts (part i = shard i, i % world == rank) that are missing or built from another source.
 
     ``make_loader(url)`` returns an in-order eval loader over one shard. Progress lines give videos/s and ETA.
+    ``sources[i]`` (:func:`part_source`) is recorded in part i; an existing part is kept only when its recorded
+    source equals ``sources[i]``. Every rank first checks every existing part (so all ranks agree): any that
+    differs is an :class:`IndexError_` naming the first such part and the fields that differ, unless
+    ``overwrite``, when those parts are encoded again.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    keep: set[int] = set()
+    stale: list[tuple[str, str]] = []
+    for i in range(len(shard_urls)):
+        url = sfs.join(out, part_name(i))
+        if sfs.exists(url, storage):
+            meta = (_read_header(url, storage).get("__metadata__") or {}).get("part")
+            have = json.loads(meta).get("source") if meta else None
+            want = sources[i] if sources is not None else None
+            if meta and not (diff := _source_diff(have, want)):
+                keep.add(i)
+            else:
+                stale.append((url, diff if meta else "no recorded source (written by an older version)"))
+    if stale and not overwrite:
+        url, diff = stale[0]
+        more = f" (and {len(stale) - 1} more parts)" if len(stale) > 1 else ""
+        raise IndexError_(
+            f"{url}: an existing part built from something else ({diff}){more}; "
+            "use another --out, or --overwrite to encode them again"
+        )
     mine = [i for i in range(len(shard_urls)) if i % world == rank]
     t0 = time.perf_counter()
     written = skipped = videos = 0
     for done, i in enumerate(mine):
         url = sfs.join(out, part_name(i))
-        if sfs.exists(url, storage):
+        want = sources[i] if sources is not None else None
+        if i in keep:
             skipped += 1
             continue
         enc = encode_part(
@@ -225,7 +316,8 @@ def build_index(
         )
         if not enc["keys"]:
             raise ValueError(f"{shard_urls[i]}: no samples could be read")
-        sfs.write_bytes_atomic(url, _part_bytes(enc, _shard_captions(shard_urls[i], storage)), storage)
+        data = _part_bytes(enc, _shard_captions(shard_urls[i], storage), want)
+        sfs.write_bytes_atomic(url, data, storage)
         written += 1
         videos += len(enc["keys"])
         dt = time.perf_counter() - t0
@@ -239,8 +331,16 @@ def build_index(
     return BuildReport(written, skipped, videos, time.perf_counter() - t0)
 
 
-def write_manifest(out: str, *, n_parts: int, info: dict[str, Any], storage: Any = None) -> dict[str, Any]:
-    """Read every part's header, check it, and publish ``manifest.json`` (rank 0, after all parts exist)."""
+def write_manifest(
+    out: str,
+    *,
+    n_parts: int,
+    info: dict[str, Any],
+    storage: Any = None,
+    sources: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Read every part's header, check it (and its source against ``sources[i]`` when given), and publish
+    ``manifest.json`` (rank 0, after all parts exist)."""
     parts = []
     total = 0
     dims: tuple[int, ...] | None = None
@@ -254,7 +354,10 @@ def write_manifest(out: str, *, n_parts: int, info: dict[str, Any], storage: Any
         if dims is not None and shape != dims:
             raise IndexError_(f"{url}: token shape {shape} != {dims} of part 0")
         dims = shape
-        parts.append({"file": part_name(i), "videos": n})
+        source = _part_meta(header, url).get("source")
+        if sources is not None and (diff := _source_diff(source, sources[i])):
+            raise IndexError_(f"{url}: built from something else ({diff})")
+        parts.append({"file": part_name(i), "videos": n, "source": source})
         total += n
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -406,19 +509,59 @@ def _mmap_safetensors(path: str) -> dict[str, np.ndarray]:
     return out
 
 
+def default_cache_dir(root: str) -> str:
+    """The download cache of the remote index ``root``: ``$NEIGHBORRETR_CACHE/index/<hash of root>``, where
+    ``NEIGHBORRETR_CACHE`` defaults to ``$XDG_CACHE_HOME/neighborretr`` (``~/.cache/neighborretr``)."""
+    base = os.environ.get("NEIGHBORRETR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "neighborretr"
+    )
+    return os.path.join(base, "index", hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:16])
+
+
+def _remote_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """What identifies one version of a remote object: its size and ETag (S3, and stores that send one), else its
+    size and modification time. A re-upload under the same name changes it."""
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    if etag:
+        return {"size": int(info["size"]), "etag": str(etag)}
+    mtime = info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("last_modified")
+    return {"size": int(info["size"]), "mtime": str(mtime)}
+
+
 def local_copy(root: str, names: list[str], storage: Any = None, cache_dir: str | None = None) -> str:
-    """The local folder holding the files ``names`` of the index at ``root``: ``root`` itself when local; for a
-    remote index they are downloaded into ``cache_dir`` (a temp folder if None), each published by rename."""
+    """The local folder holding the files ``names`` of the index at ``root``: ``root`` itself when local.
+
+    For a remote index the files are downloaded into ``cache_dir`` (default :func:`default_cache_dir`), each
+    published by rename with a ``NAME.source.json`` stamp of the remote object's identity. A cached file is reused
+    only while the remote object still has that identity, so an index rebuilt under the same URL is downloaded
+    again instead of being read stale. Downloads into one cache folder are serialised with a file lock (several
+    processes opening the same index download each file once)."""
     if not sfs.is_remote(root):
         return root
-    local = cache_dir or tempfile.mkdtemp(prefix="nr-index-")
+    local = cache_dir or default_cache_dir(root)
+    os.makedirs(local, exist_ok=True)
     fs, path = sfs.filesystem(root, storage)
-    for name in names:
-        dst = os.path.join(local, name)
-        if not os.path.exists(dst):
+    fs.invalidate_cache()  # object listings cached by fsspec would hide a re-upload
+    with open(os.path.join(local, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in names:
+            src = f"{path.rstrip('/')}/{name}"
+            ident = _remote_identity(fs.info(src))
+            dst = os.path.join(local, name)
+            stamp = dst + ".source.json"
+            if os.path.exists(dst) and os.path.exists(stamp):
+                with open(stamp, encoding="utf-8") as f:
+                    if json.load(f) == ident and os.path.getsize(dst) == ident["size"]:
+                        continue
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            fs.get_file(f"{path.rstrip('/')}/{name}", dst + ".part")
+            fs.get_file(src, dst + ".part")
+            got = os.path.getsize(dst + ".part")
+            if got != ident["size"]:
+                raise IndexError_(f"{src}: downloaded {got} bytes, the store lists {ident['size']}")
             os.replace(dst + ".part", dst)
+            with open(stamp + ".part", "w", encoding="utf-8") as f:
+                json.dump(ident, f)
+            os.replace(stamp + ".part", stamp)
     return local
 
 
@@ -431,7 +574,10 @@ def part_globals(
 
 
 def open_index(root: str, storage: Any = None, cache_dir: str | None = None) -> Index:
-    """Open an index folder; a remote index is downloaded into ``cache_dir`` (a temp folder if None) first."""
+    """Open an index folder; a remote index is first downloaded into ``cache_dir`` (:func:`local_copy`).
+
+    Each part's recorded source must equal the manifest's entry for it (a part replaced after the manifest was
+    written, e.g. by an interrupted rebuild with another checkpoint, is an :class:`IndexError_`)."""
     try:
         manifest = json.loads(sfs.read_bytes(sfs.join(root, MANIFEST), storage))
     except FileNotFoundError as e:
@@ -449,9 +595,12 @@ def open_index(root: str, storage: Any = None, cache_dir: str | None = None) -> 
     for p in manifest["parts"]:
         path = os.path.join(local, p["file"])
         mm = _mmap_safetensors(path)
-        rows = json.loads(mm["__metadata__"]["rows"])  # type: ignore[index]
+        meta = _part_meta(mm, path)
+        rows = meta["rows"]
         if len(rows["keys"]) != int(p["videos"]) or mm["global"].shape[0] != int(p["videos"]):
             raise IndexError_(f"{path}: {len(rows['keys'])} rows, manifest says {p['videos']}")
+        if diff := _source_diff(meta.get("source"), p.get("source")):
+            raise IndexError_(f"{path}: not the part the manifest lists ({diff}); rebuild the index")
         files.append(mm)
         keys += rows["keys"]
         vids += rows["video_ids"]

@@ -35,6 +35,9 @@ class IndexOptions:
     bank: str | None = _f(None, "query-bank split (e.g. train): its captions' scores enable --hubness qb/is")
     batch_size: int | None = _f(None, "videos per encoding batch (default data.eval_batch_size)")
     cpu: bool = _f(False, "run on CPU even when CUDA exists")
+    overwrite: bool = _f(
+        False, "re-encode existing parts built from another checkpoint/dtype/shard (default: refuse them)"
+    )
     ann: str = _f(
         "auto", "first-stage graph stored with the index: auto (from 1,500,000 videos) | usearch | none"
     )
@@ -58,7 +61,9 @@ class SearchOptions:
     checkpoint: str | None = _f(
         None, "checkpoint for the text encoder (default: the one recorded in the manifest)"
     )
-    cache_dir: str | None = _f(None, "local folder for a remote index's parts")
+    cache_dir: str | None = _f(
+        None, "download cache of a remote index (default $NEIGHBORRETR_CACHE/index/...)"
+    )
     ann: str = _f("auto", "first stage: auto (the stored graph if any) | exact (matrix product) | usearch")
 
 
@@ -70,7 +75,9 @@ class ServeOptions:
     candidates: int = _f(200, "first-stage candidates per query")
     hubness: str = _f("none", "default hubness correction: none | qb | is")
     checkpoint: str | None = _f(None, "checkpoint for the text encoder (default: the manifest's)")
-    cache_dir: str | None = _f(None, "local folder for a remote index's parts")
+    cache_dir: str | None = _f(
+        None, "download cache of a remote index (default $NEIGHBORRETR_CACHE/index/...)"
+    )
     ann: str = _f("auto", "first stage: auto (the stored graph if any) | exact (matrix product) | usearch")
 
 

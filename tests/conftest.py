@@ -16,6 +16,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _index_cache(tmp_path_factory):
+    """Remote search indexes are downloaded into a per-session folder, never into the user's ~/.cache."""
+    os.environ["NEIGHBORRETR_CACHE"] = str(tmp_path_factory.mktemp("nr-cache"))
+    yield
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,8 +81,15 @@ def _files(folder) -> dict[str, bytes]:
 
 def test_index_has_manifest_parts_thumbnails(built, ckpt):
     m = json.loads((built / "manifest.json").read_text())
-    assert m["format_version"] == 1 and m["videos"] == 30 and m["dtype"] == "float32"
+    assert m["format_version"] == 2 and m["videos"] == 30 and m["dtype"] == "float32"
     assert [p["videos"] for p in m["parts"]] == [8, 8, 8, 6]
+    # every part names what it was built from (these fixture shards have no shardindex.json: md5 None, size read)
+    shards = sorted((Path(ckpt["data"]) / "test").glob("*.tar"))
+    assert [p["source"] for p in m["parts"]] == [
+        {"checkpoint_sha256": m["checkpoint_sha256"], "dtype": "float32", "similarity": "local",
+         "shard": t.name, "shard_md5": None, "shard_bytes": t.stat().st_size}
+        for t in shards
+    ]  # fmt: skip
     assert m["source"]["sizes"] == [8, 8, 8, 6] and m["bank"]["queries"] == 48
     assert len(m["checkpoint_sha256"]) == 64 and m["config"]["model"]["arch"] == "nr-tiny"
     assert m["ann"] is None and not (built / "ann.usearch").exists()  # ann=auto: 30 videos < AUTO_MIN_VIDEOS
@@ -234,7 +242,6 @@ def test_resume_after_kill9_gives_same_bytes(built, ckpt):
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "manifest.json").exists()
-    assert all(not f.startswith(".tmp") or True for f in os.listdir(out / "parts"))
     r = _cli(["index", "--checkpoint", ckpt["ckpt"], "--split", "test", "--out", str(out)])
     assert "kept" in r.stdout
     a, b = _files(ref), {k: v for k, v in _files(out).items() if not os.path.basename(k).startswith(".tmp")}
@@ -271,6 +278,94 @@ def test_index_on_s3(ckpt, s3_bucket, s3_server):
         fs.cat(f"{url}/parts/part-00001.safetensors") == (local / "parts/part-00001.safetensors").read_bytes()
     )
     assert s.index.size == 30 and s.search(["red"], k=3)[0][0].key in s.index.keys
+
+
+def _second_checkpoint(ckpt) -> str:
+    """The fixture's checkpoint with every weight moved a little (another 'training run'), in its own folder."""
+    folder = ckpt["root"] / "best2"
+    if not folder.exists():
+        state = torch.load(os.path.join(ckpt["ckpt"], "pytorch_model.bin"), weights_only=True)
+        g = torch.Generator().manual_seed(1)
+        state = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                 for k, v in state.items()}  # fmt: skip
+        folder.mkdir()
+        torch.save(state, folder / "pytorch_model.bin")
+        shutil.copy(os.path.join(ckpt["ckpt"], "config.yaml"), folder / "config.yaml")
+    return str(folder)
+
+
+def test_part_source_takes_the_shard_md5_from_shardindex(ckpt, tmp_path):
+    import hashlib
+
+    from search.index import part_source
+    from shards.index import build_index as index_split
+
+    split = tmp_path / "test"
+    shutil.copytree(Path(ckpt["data"]) / "test", split)
+    index_split(str(split))  # nr-shards-index: writes shardindex.json with md5 + size per shard
+    tar = sorted(split.glob("*.tar"))[1]
+    got = part_source(checkpoint_sha256="c" * 64, dtype="float16", similarity="pooled", shard_url=str(tar))
+    assert got == {"checkpoint_sha256": "c" * 64, "dtype": "float16", "similarity": "pooled", "shard": tar.name,
+                   "shard_md5": hashlib.md5(tar.read_bytes()).hexdigest(), "shard_bytes": tar.stat().st_size}
+
+
+def test_rebuild_in_place_is_never_a_silent_mix(built, ckpt, tmp_path):
+    """An existing part built from another checkpoint or dtype is refused on resume (named error, exit 2), not kept
+    next to a manifest naming the new checkpoint; a part swapped in after the manifest is refused when opened."""
+    from search import index as sindex
+
+    ckpt2 = _second_checkpoint(ckpt)
+    out = tmp_path / "idx"
+    shutil.copytree(built, out)  # float32 parts of the first checkpoint
+    p = _cli(["index", "--checkpoint", ckpt2, "--split", "test", "--out", str(out), "--dtype", "float32"],
+             check=False)  # fmt: skip
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "part-00000.safetensors: an existing part built from something else (checkpoint_sha256" in p.stderr
+    assert "--overwrite" in p.stderr
+    # the same checkpoint at another dtype: the dtype is named
+    m = json.loads((out / "manifest.json").read_text())
+    want = [dict(q["source"], dtype="float16") for q in m["parts"]]
+    with pytest.raises(sindex.IndexError_, match="dtype 'float32' != 'float16'"):
+        sindex.build_index(out=str(out), shard_urls=["s"] * 4, make_loader=None, model=None, similarity="local",
+                           sources=want)  # fmt: skip
+    # a part replaced after the manifest was written (e.g. a half-done rebuild): opening names it
+    other = tmp_path / "other"
+    _cli(["index", "--checkpoint", ckpt2, "--split", "test", "--out", str(other), "--dtype", "float32"])
+    shutil.copy(other / "parts" / "part-00002.safetensors", out / "parts" / "part-00002.safetensors")
+    with pytest.raises(sindex.IndexError_, match=r"part-00002.safetensors: not the part the manifest lists"):
+        sindex.open_index(str(out))
+    # --overwrite re-encodes exactly the parts of the other build and gives a fresh build's bytes
+    _cli(["index", "--checkpoint", ckpt2, "--split", "test", "--out", str(out), "--dtype", "float32", "--bank",
+          "train", "--overwrite"])  # fmt: skip
+    _cli(["index", "--checkpoint", ckpt2, "--split", "test", "--out", str(other), "--dtype", "float32", "--bank",
+          "train"])  # fmt: skip
+    a, b = _files(out), _files(other)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+
+
+def test_remote_cache_follows_a_rebuild_under_the_same_url(ckpt, s3_bucket, s3_server, tmp_path):
+    """A remote index read through a kept download cache is downloaded again after it is rebuilt under the same
+    URL (stale cached parts would silently pair old video embeddings with the new text encoder)."""
+    import fsspec
+
+    from search import index as sindex
+
+    url, cache = f"{s3_bucket}/idx", tmp_path / "cache"
+    _cli(["index", "--checkpoint", ckpt["ckpt"], "--split", "test", "--out", url])
+    first = sindex.open_index(url, cache_dir=str(cache))
+    part = cache / "parts" / "part-00001.safetensors"
+    stamp = part.stat().st_mtime_ns
+    again = sindex.open_index(url, cache_dir=str(cache))  # unchanged remote: nothing downloaded again
+    assert part.stat().st_mtime_ns == stamp and again.keys == first.keys
+    ckpt2 = _second_checkpoint(ckpt)
+    _cli(["index", "--checkpoint", ckpt2, "--split", "test", "--out", url, "--overwrite"])
+    fresh = sindex.open_index(url, cache_dir=str(cache))
+    fs = fsspec.filesystem("s3")
+    for name in ["manifest.json"] + [q["file"] for q in fresh.manifest["parts"]]:
+        if name != "manifest.json":
+            assert (cache / name).read_bytes() == fs.cat(f"{url}/{name}"), name
+    assert fresh.manifest["checkpoint_sha256"] == sindex.checkpoint_hash(ckpt2)
+    assert not np.array_equal(np.asarray(fresh.global_parts[1]), np.asarray(first.global_parts[1]))
 
 
 def test_cli_bad_inputs(built, ckpt, tmp_path):
