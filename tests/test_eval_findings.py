@@ -353,3 +353,21 @@ def test_posthoc_v2t_direction_with_a_video_bank(tmp_path):
     )
     report = (out / "report.md").read_text()
     assert "| qbnorm | v2t |" in report and "| dsl | v2t |" in report
+
+
+def test_good_share_per_bin_hand_computed(tmp_path):
+    """Good vs bad hubs: per N_k bin, sum GN_k / sum N_k (None for a bin without occurrences); the figure gets
+    the good-share row only on data where GN_k can exceed 1."""
+    from eval.plots import good_share, k_occurrence_overlay
+
+    nk, good = np.array([0.0, 1, 2, 2, 10]), np.array([0.0, 1, 2, 0, 1])
+    edges = np.arange(-0.5, 11.0, 1.0)  # integer bins 0..10
+    share = good_share(nk, good, edges)
+    assert share[0] is None and share[1] == 1.0 and share[2] == 0.5 and share[10] == 0.1
+    assert all(v is None for v in share[3:10])
+    k_occurrence_overlay({"A": (nk, good), "B": (nk, None)}, 10, tmp_path / "multi.png")
+    data = json.loads((tmp_path / "multi.json").read_text())
+    assert data["systems"]["A"]["good_share"] == share and "good_share" not in data["systems"]["B"]
+    assert data["systems"]["A"]["good"] == [2, 2, 1] + [0] * 8 and data["systems"]["A"]["bad"][9] == 1
+    k_occurrence_overlay({"A": (nk, np.minimum(good, 1))}, 10, tmp_path / "one.png")  # GN_k 0/1: no split
+    assert "good_share" not in json.loads((tmp_path / "one.json").read_text())["systems"]["A"]
