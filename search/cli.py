@@ -93,11 +93,9 @@ def index_main(argv: list[str] | None = None) -> int:
 
     ckpt_sha = sindex.checkpoint_hash(ckpt)
     try:
-        sources = [
-            sindex.part_source(checkpoint_sha256=ckpt_sha, dtype=o.dtype, similarity=similarity,
-                               shard_url=s, storage=storage)
-            for s in shards
-        ]  # fmt: skip
+        sources = sindex.part_sources(
+            shards, checkpoint_sha256=ckpt_sha, dtype=o.dtype, similarity=similarity, storage=storage
+        )
         report = sindex.build_index(
             out=o.out, shard_urls=shards, make_loader=make_loader, model=model, similarity=similarity,
             dtype=o.dtype, rank=rank, world=world, storage=storage, sources=sources, overwrite=o.overwrite,
@@ -197,13 +195,22 @@ def _print_hits(queries: list[str], hits: list[list[Any]], as_json: bool, index_
 
 
 def open_searcher(index: str, checkpoint: str | None, cache_dir: str | None, ann: str = "auto") -> Any:
+    """A :class:`search.engine.Searcher` over ``index`` with the text encoder of ``checkpoint`` (default: the one
+    the manifest names). The checkpoint's sha256 must be the manifest's: a text encoder from another checkpoint
+    (e.g. ``RUN/best`` overwritten by later training) would rank the stored video embeddings meaninglessly."""
     from search.engine import QueryEncoder, Searcher
-    from search.index import open_index
+    from search.index import IndexError_, checkpoint_hash, open_index
 
     ix = open_index(index, None, cache_dir)
     ckpt = checkpoint or ix.manifest.get("checkpoint")
     if not ckpt or not os.path.exists(ckpt):
         raise FileNotFoundError(f"checkpoint {ckpt!r} of the index not found; pass --checkpoint")
+    want, have = ix.manifest.get("checkpoint_sha256"), checkpoint_hash(ckpt)
+    if have != want:
+        raise IndexError_(
+            f"checkpoint {ckpt}: sha256 {have[:16]}... is not the {str(want)[:16]}... the index was built with "
+            "(pass that checkpoint with --checkpoint, or rebuild the index with nr-index --overwrite)"
+        )
     cfg, model = load_checkpoint_model(ckpt)
     enc = QueryEncoder(model, int(ix.manifest["max_words"]), str(ix.manifest["similarity"]))
     return Searcher(ix, enc, ann=ann)

@@ -59,7 +59,7 @@ __all__ = [
     "local_copy",
     "read_rows",
     "read_block",
-    "part_source",
+    "part_sources",
     "default_cache_dir",
 ]
 
@@ -187,33 +187,40 @@ def encode_part(
     return out
 
 
-def part_source(
-    *, checkpoint_sha256: str, dtype: str, similarity: str, shard_url: str, storage: Any = None
-) -> dict[str, Any]:
-    """What part ``i`` is built from: the checkpoint, stored dtype, similarity and shard ``i``.
+def part_sources(
+    shard_urls: list[str], *, checkpoint_sha256: str, dtype: str, similarity: str, storage: Any = None
+) -> list[dict[str, Any]]:
+    """What each part is built from: the checkpoint, stored dtype, similarity and its shard (part i = shard i).
 
-    The shard is named by its file name plus its md5 and byte size from the split's ``shardindex.json`` (written by
-    ``nr-shards-index``); without that file, its byte size from the store (md5 ``None``)."""
-    folder, name = shard_url.rsplit("/", 1) if "/" in shard_url else (".", shard_url)
-    md5, size = None, None
-    try:
-        index = json.loads(sfs.read_bytes(sfs.join(folder, "shardindex.json"), storage))
-        for row in index.get("shardlist", []):
-            if row.get("url") == name:
-                md5, size = row.get("md5sum"), row.get("filesize")
-    except (FileNotFoundError, ValueError, AttributeError):
-        pass
-    if size is None:
-        fs, path = sfs.filesystem(shard_url, storage)
-        size = int(fs.size(path))
-    return {
-        "checkpoint_sha256": checkpoint_sha256,
-        "dtype": dtype,
-        "similarity": similarity,
-        "shard": name,
-        "shard_md5": md5,
-        "shard_bytes": int(size),
-    }
+    A shard is named by its file name plus its md5 and byte size from its split's ``shardindex.json`` (written by
+    ``nr-shards-index``; read once per folder); a shard that file does not list gets its byte size from the store
+    and md5 ``None``."""
+    listed: dict[str, dict[str, tuple[Any, Any]]] = {}
+    out = []
+    for url in shard_urls:
+        folder, name = url.rsplit("/", 1) if "/" in url else (".", url)
+        if folder not in listed:
+            try:
+                index = json.loads(sfs.read_bytes(sfs.join(folder, "shardindex.json"), storage))
+                rows = index.get("shardlist", []) if isinstance(index, dict) else []
+                listed[folder] = {r.get("url"): (r.get("md5sum"), r.get("filesize")) for r in rows}
+            except (FileNotFoundError, ValueError):
+                listed[folder] = {}
+        md5, size = listed[folder].get(name, (None, None))
+        if size is None:
+            fs, path = sfs.filesystem(url, storage)
+            md5, size = None, fs.size(path)
+        out.append(
+            {
+                "checkpoint_sha256": checkpoint_sha256,
+                "dtype": dtype,
+                "similarity": similarity,
+                "shard": name,
+                "shard_md5": md5,
+                "shard_bytes": int(size),
+            }
+        )
+    return out
 
 
 def _source_diff(have: dict[str, Any] | None, want: dict[str, Any] | None) -> str:
@@ -276,7 +283,7 @@ def build_index(
     """Write this rank's parts (part i = shard i, i % world == rank) that are missing or built from another source.
 
     ``make_loader(url)`` returns an in-order eval loader over one shard. Progress lines give videos/s and ETA.
-    ``sources[i]`` (:func:`part_source`) is recorded in part i; an existing part is kept only when its recorded
+    ``sources[i]`` (:func:`part_sources`) is recorded in part i; an existing part is kept only when its recorded
     source equals ``sources[i]``. Every rank first checks every existing part (so all ranks agree): any that
     differs is an :class:`IndexError_` naming the first such part and the fields that differ, unless
     ``overwrite``, when those parts are encoded again.

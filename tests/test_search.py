@@ -297,16 +297,19 @@ def _second_checkpoint(ckpt) -> str:
 def test_part_source_takes_the_shard_md5_from_shardindex(ckpt, tmp_path):
     import hashlib
 
-    from search.index import part_source
+    from search.index import part_sources
     from shards.index import build_index as index_split
 
     split = tmp_path / "test"
     shutil.copytree(Path(ckpt["data"]) / "test", split)
     index_split(str(split))  # nr-shards-index: writes shardindex.json with md5 + size per shard
-    tar = sorted(split.glob("*.tar"))[1]
-    got = part_source(checkpoint_sha256="c" * 64, dtype="float16", similarity="pooled", shard_url=str(tar))
-    assert got == {"checkpoint_sha256": "c" * 64, "dtype": "float16", "similarity": "pooled", "shard": tar.name,
-                   "shard_md5": hashlib.md5(tar.read_bytes()).hexdigest(), "shard_bytes": tar.stat().st_size}
+    tars = sorted(split.glob("*.tar"))
+    got = part_sources([str(t) for t in tars], checkpoint_sha256="c" * 64, dtype="float16", similarity="pooled")
+    assert got == [
+        {"checkpoint_sha256": "c" * 64, "dtype": "float16", "similarity": "pooled", "shard": t.name,
+         "shard_md5": hashlib.md5(t.read_bytes()).hexdigest(), "shard_bytes": t.stat().st_size}
+        for t in tars
+    ]  # fmt: skip
 
 
 def test_rebuild_in_place_is_never_a_silent_mix(built, ckpt, tmp_path):
@@ -381,6 +384,10 @@ def test_cli_bad_inputs(built, ckpt, tmp_path):
         (["search", "--index", str(built), "--query", "x", "--k", "ten"], "invalid int value: 'ten'"),
         (["index", "--checkpoint", ckpt["ckpt"], "--out", "x", "--ann", "faiss"], "--ann 'faiss'"),
         (["search", "--index", str(built), "--query", "x", "--ann", "hnsw"], "--ann 'hnsw'"),
+        (
+            ["search", "--index", str(built), "--query", "x", "--checkpoint", _second_checkpoint(ckpt)],
+            "the index was built with (pass that checkpoint",
+        ),
     ]
     for args, msg in cases:
         p = _cli(args, check=False)
