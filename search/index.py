@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from shards import fs as sfs
+from shards.schema import SHARDINDEX_FILE
 
 __all__ = [
     "FORMAT_VERSION",
@@ -201,7 +202,7 @@ def part_sources(
         folder, name = url.rsplit("/", 1) if "/" in url else (".", url)
         if folder not in listed:
             try:
-                index = json.loads(sfs.read_bytes(sfs.join(folder, "shardindex.json"), storage))
+                index = json.loads(sfs.read_bytes(sfs.join(folder, SHARDINDEX_FILE), storage))
                 rows = index.get("shardlist", []) if isinstance(index, dict) else []
                 listed[folder] = {r.get("url"): (r.get("md5sum"), r.get("filesize")) for r in rows}
             except (FileNotFoundError, ValueError):
@@ -292,9 +293,10 @@ def build_index(
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     keep: set[int] = set()
     stale: list[tuple[str, str]] = []
+    present = set(sfs.listdir(sfs.join(out, "parts"), storage))  # one listing, not a request per part
     for i in range(len(shard_urls)):
         url = sfs.join(out, part_name(i))
-        if sfs.exists(url, storage):
+        if os.path.basename(part_name(i)) in present:
             meta = (_read_header(url, storage).get("__metadata__") or {}).get("part")
             have = json.loads(meta).get("source") if meta else None
             want = sources[i] if sources is not None else None
