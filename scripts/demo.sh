@@ -239,6 +239,6 @@ $PY scripts/demo_summary.py "${summary[@]}"
 
 # search: index the test split, top 3 of two example queries (docs/search.md) -------------------------------------
 echo; echo "==> search: index the test split with the trained checkpoint; top 3 of two example queries"
-$PY -m search index --run "$OUT/runs/neighborretr" --split test --out "$OUT/index"
+$PY -m search index --run "$OUT/runs/neighborretr" --split test --out "$OUT/index" --overwrite  # derived from this run: re-encode parts of an earlier run
 $PY -m search search --index "$OUT/index" --k 3 --query "a red circle moves left on a black background"
 $PY -m search search --index "$OUT/index" --k 3 --query "a yellow square moves up on a white background"
